@@ -1,0 +1,155 @@
+"""The ``s2cache`` command: a thin shell over the library.
+
+Exit codes (DESIGN.md section 7): 0 clean, 1 findings (for ``walk``: malformed tables),
+2 usage/config/environment error with a one-line message, 3 the target failed mid-run.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import mmap
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_TARGET = 0, 1, 2, 3
+
+
+class UsageError(Exception):
+    """Bad input from the user: reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's default prints usage and exits 2; keep it one line
+        raise UsageError(message)
+
+
+def _int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not 0 <= value < 1 << 64:
+        raise argparse.ArgumentTypeError(f"not a 64-bit unsigned value: {text!r}")
+    return value
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return hex(n)
+
+
+def _attr_summary(attrs: dict) -> str:
+    flags = [k for k in ("ng", "pxn", "uxn", "contiguous", "dbm") if attrs.get(k)]
+    if not attrs.get("af"):
+        flags.append("!AF")
+    if "s2ap" in attrs:
+        xn = {0: "X", 1: "PXN", 2: "XN", 3: "UXN"}[attrs["xn"]]
+        head = f"{attrs['memtype']} {attrs['s2ap']} {attrs['sh']} {xn}"
+    else:
+        mt = attrs["memtype"] or f"AttrIndx{attrs['attr_index']}"
+        head = f"{mt} {attrs['ap']} {attrs['sh']}"
+    return " ".join([head, *flags])
+
+
+def cmd_walk(args) -> int:
+    from .arch.memory import ImageMemory
+    from .arch.walker import Regime, Walker
+
+    stage2 = args.vttbr is not None or args.vtcr is not None
+    stage1 = args.ttbr is not None or args.tcr is not None
+    if stage1 == stage2:
+        raise UsageError("give either --vttbr and --vtcr (stage 2) or --ttbr and --tcr (stage 1)")
+    if stage2 and (args.vttbr is None or args.vtcr is None):
+        raise UsageError("stage 2 needs both --vttbr and --vtcr")
+    if stage1 and (args.ttbr is None or args.tcr is None):
+        raise UsageError("stage 1 needs both --ttbr and --tcr")
+    if stage2 and (args.ttbr1 or args.mair is not None):
+        raise UsageError("--ttbr1 and --mair apply to stage 1 only")
+    path = Path(args.mem)
+    try:
+        with path.open("rb") as f:
+            data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except (OSError, ValueError) as exc:
+        reason = "file is empty" if isinstance(exc, ValueError) else exc.strerror or str(exc)
+        raise UsageError(f"cannot read memory image {args.mem}: {reason}") from None
+    if stage2:
+        regime = Regime.from_vtcr(args.vtcr, args.vttbr, hcr=args.hcr)
+    else:
+        regime = Regime.from_tcr(args.tcr, args.ttbr, upper=args.ttbr1, mair=args.mair)
+    walker = Walker(regime, ImageMemory(data, args.mem_base))
+    mappings = walker.mappings()
+    errors = walker.error_dicts()
+    report = {"regime": None if regime.fatal else regime.describe(),
+              "mappings": [m.as_dict() for m in mappings], "errors": errors}
+    if args.json:
+        _write_json(args.json, report)
+    if not args.json or args.json != "-":
+        _print_walk(regime, mappings, errors)
+    return EXIT_FINDINGS if errors else EXIT_OK
+
+
+def _write_json(dest: str, report: dict) -> None:
+    text = json.dumps(report, indent=1)
+    if dest == "-":
+        sys.stdout.write(text + "\n")
+        return
+    try:
+        Path(dest).write_text(text + "\n")
+    except OSError as exc:
+        raise UsageError(f"cannot write {dest}: {exc.strerror or exc}") from None
+
+
+def _print_walk(regime, mappings, errors) -> None:
+    console = Console()
+    if not regime.fatal:
+        console.print(f"[bold]{regime.describe()}[/bold]")
+    table = Table(show_header=True, header_style="bold")
+    for col in ("input", "output", "size", "level", "attributes"):
+        table.add_column(col, justify="right" if col in ("size", "level") else "left",
+                         no_wrap=col != "attributes")
+    for m in mappings:
+        table.add_row(f"{m.ia:#x}", f"{m.oa:#x}", _size(m.size), str(m.level),
+                      _attr_summary(m.attrs))
+    console.print(table)
+    console.print(f"{len(mappings)} runs, {sum(m.size for m in mappings):#x} bytes mapped")
+    for e in errors:
+        console.print(f"[red]error[/red] {e['kind']}: {e['message']}", highlight=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="s2cache", description="Find the cache-maintenance bugs QEMU hides.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    walk = sub.add_parser("walk", help="walk translation tables in a raw memory image")
+    walk.add_argument("--mem", required=True, help="raw memory image (e.g. QEMU pmemsave)")
+    walk.add_argument("--mem-base", required=True, type=_int, help="PA of the image's first byte")
+    walk.add_argument("--vttbr", type=_int, help="VTTBR_EL2 (raw, VMID included)")
+    walk.add_argument("--vtcr", type=_int, help="VTCR_EL2 (raw)")
+    walk.add_argument("--hcr", type=_int, default=0, help="HCR_EL2, for FWB (stage 2)")
+    walk.add_argument("--ttbr", type=_int, help="TTBR0/1_ELx (raw, ASID included)")
+    walk.add_argument("--tcr", type=_int, help="TCR_ELx (raw)")
+    walk.add_argument("--ttbr1", action="store_true", help="walk the upper (TTBR1) VA range")
+    walk.add_argument("--mair", type=_int, help="MAIR_ELx, to name stage-1 memory types")
+    walk.add_argument("--json", help="write the walk as JSON to this file ('-' for stdout)")
+    walk.set_defaults(func=cmd_walk)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"s2cache: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("s2cache: interrupted", file=sys.stderr)
+        return EXIT_TARGET
+
+
+if __name__ == "__main__":
+    sys.exit(main())
