@@ -20,7 +20,7 @@ exception classes.
 
 Layout of the module: first the declarative part (``construct`` bit layouts,
 then the encoding tables), then the decoding logic that uses them.
-``str()`` of every result is assembler text that GNU as (``-march=all``)
+``str()`` of every result is assembler text that GNU as (Armv9.3-A plus extensions)
 assembles back to the same word.
 """
 
@@ -34,7 +34,8 @@ from construct import BitsInteger, BitStruct
 __all__ = [
     "SYSTEM_INSN", "EXC_GEN_INSN", "BRANCH_REG_INSN", "ESR_LAYOUT", "ISS_SYS64",
     "ISS_IMM16", "ISS_WFX", "ISS_ERET",
-    "SYSREGS", "SYSREG_DIRECTIONAL", "SYS_OP_SPECS", "SYS_OPS",
+    "SYSREGS", "SYSREG_DIRECTIONAL", "SYS_OP_SPECS", "SYS_OPS", "HINTS", "BARRIER_OPTIONS",
+    "BARRIER_OPS", "DSB_NXS_DOMAINS", "PSTATE_FIELDS", "EXC_GEN_OPS", "ERET_OPS",
     "SysOpSpec", "Insn", "SysRegAccess", "SysOp", "Hint", "Barrier", "MsrImm",
     "ExceptionGen", "ExceptionReturn", "Unknown", "Decoded",
     "decode", "decode_bytes", "decode_iss_sys64", "decode_esr",
@@ -748,10 +749,11 @@ BARRIER_OPS: dict[int, str] = {2: "clrex", 4: "dsb", 5: "dmb", 6: "isb", 7: "sb"
 #: DSB <domain>nXS: CRm<3:2> -> domain (CRm<1:0> == 0b10, op2 == 1)
 DSB_NXS_DOMAINS: dict[int, str] = {0: "osh", 1: "nsh", 2: "ish", 3: "sy"}
 
-#: MSR <pstatefield>, #imm: (op1, op2) -> field name
-PSTATE_FIELDS: dict[tuple[int, int], str] = {
-    (0, 3): "uao", (0, 4): "pan", (0, 5): "spsel",
-    (3, 1): "ssbs", (3, 2): "dit", (3, 4): "tco", (3, 6): "daifset", (3, 7): "daifclr",
+#: MSR <pstatefield>, #imm: (op1, op2) -> (field name, largest imm in CRm)
+PSTATE_FIELDS: dict[tuple[int, int], tuple[str, int]] = {
+    (0, 3): ("uao", 1), (0, 4): ("pan", 1), (0, 5): ("spsel", 1),
+    (3, 1): ("ssbs", 1), (3, 2): ("dit", 1), (3, 4): ("tco", 1),
+    (3, 6): ("daifset", 15), (3, 7): ("daifclr", 15),
 }
 
 #: Exception generation: (opc, LL) -> mnemonic (op2 must be 0)
@@ -1072,8 +1074,8 @@ def _decode_system(word: int) -> Decoded:
         return Unknown(word)
     if f.CRn == 4:
         field = PSTATE_FIELDS.get((f.op1, f.op2))
-        if field is not None:
-            return MsrImm(word, field, f.CRm)
+        if field is not None and f.CRm <= field[1]:
+            return MsrImm(word, field[0], f.CRm)
     return Unknown(word)
 
 
