@@ -259,6 +259,7 @@ class Walker:
     mem: object
     errors: list[WalkError] = field(default_factory=list)
     error_counts: dict[str, int] = field(default_factory=dict)
+    max_entries: int = MAX_ENTRIES_PER_LEVEL
 
     def __post_init__(self):
         self._read_tables = getattr(self.mem, "read_tables", None) or (
@@ -320,7 +321,7 @@ class Walker:
             if not tpa.size:
                 break
             shift = r.level_shift(level)
-            budget = max(1, MAX_ENTRIES_PER_LEVEL // entries)
+            budget = max(1, self.max_entries // entries)
             if tpa.size > budget:
                 self._error("walk-too-large", f"level {level}: {tpa.size} tables to read; only"
                             f" the first {budget} are walked (aliased or cyclic tables?)", level)
@@ -449,7 +450,7 @@ class Walker:
             return Fault(ia, r.start_level, "translation",
                          f"{ia:#x} is outside the {r.ia_bits}-bit "
                          f"{'upper' if r.upper else 'lower'} range")
-        probe = Walker(r, self.mem)
+        probe = Walker(r, self.mem, max_entries=self.max_entries)
         probe._read_tables = self._read_tables
         found = _FirstLeaf(r)
         probe.walk(found, ia, ia + 1)
@@ -533,6 +534,8 @@ class _RunCollector(Visitor):
         if not self.parts:
             return []
         ia, oa, key, level = (np.concatenate(p) for p in zip(*self.parts))
+        if not ia.size:
+            return []
         if len(self.parts) > 1:
             order = np.argsort(ia, kind="stable")
             ia, oa, key, level = ia[order], oa[order], key[order], level[order]
