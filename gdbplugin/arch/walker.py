@@ -347,15 +347,14 @@ class Walker:
                          else (lambda idx, rw=row, t=tpa: t[rw[idx]]))
             row_of = (lambda idx, n=entries: idx // n) if row is None else row.__getitem__
 
-            valid = (desc & U64(1)).astype(bool)
-            is_tp = (desc & U64(2)).astype(bool)
+            kind = desc & U64(3)      # bits[1:0]: 0b01 block, 0b11 table/page, else invalid
             if level == 3:
-                leaf = valid & is_tp
-                self._errors_at("reserved-descriptor", level, valid & ~is_tp, ia, desc,
+                leaf = kind == U64(3)
+                self._errors_at("reserved-descriptor", level, kind == U64(1), ia, desc,
                                 tables_of, "bits[1:0]=0b01 is reserved at level 3")
                 nxt = None
             else:
-                block = valid & ~is_tp
+                block = kind == U64(1)
                 if level in r.block_levels:
                     leaf = block
                 else:
@@ -363,7 +362,7 @@ class Walker:
                     self._errors_at("block-not-allowed", level, block, ia, desc, tables_of,
                                     f"no block descriptors at this level with a "
                                     f"{r.granule >> 10}K granule")
-                nxt = valid & is_tp
+                nxt = kind == U64(3)
             self._visit_leaves(visitor, level, shift, ia, desc, leaf, inherited, row_of,
                                tables_of, oa_limit)
             if nxt is None or not nxt.any():
@@ -419,17 +418,19 @@ class Walker:
         visitor.leaves(LeafBatch(level, l_ia, oa, l_desc, inh))
 
     def _check_reserved_attrs(self, level, ia, desc, tables_of):
+        """Reserved SH and stage-2 MemAttr encodings; masks and compares only (hot path)."""
         r = self.regime
         if r.fmt.shareability_in_descriptor():
+            sh = D.S2_LEAF.fields["SH"]
             self._errors_at("reserved-shareability", level,
-                            D.S2_LEAF.fields["SH"].get(desc) == U64(1), ia, desc, tables_of,
+                            (desc & U64(sh.mask)) == U64(1 << sh.lo), ia, desc, tables_of,
                             "SH=0b01 is reserved")
         if r.stage == 2:
-            memattr = D.S2_LEAF.fields["MemAttr"].get(desc)
-            if r.fwb:
-                bad = (memattr & U64(7)) == U64(4)
-            else:
-                bad = ((memattr >> U64(2)) != U64(0)) & ((memattr & U64(3)) == U64(0))
+            lo = D.S2_LEAF.fields["MemAttr"].lo
+            if r.fwb:     # MemAttr[2:0] = 0b100
+                bad = (desc & U64(0b111 << lo)) == U64(0b100 << lo)
+            else:         # Normal (MemAttr[3:2] != 0) with inner MemAttr[1:0] = 0b00
+                bad = ((desc & U64(0b1100 << lo)) != U64(0)) & ((desc & U64(0b11 << lo)) == U64(0))
             self._errors_at("reserved-memattr", level, bad, ia, desc, tables_of,
                             "reserved stage-2 MemAttr encoding")
 
@@ -533,24 +534,30 @@ class _RunCollector(Visitor):
     def runs(self):
         if not self.parts:
             return []
-        ia, oa, key, level = (np.concatenate(p) for p in zip(*self.parts))
+        ia, oa, key, level = (np.concatenate(p) if len(p) > 1 else p[0]
+                              for p in zip(*self.parts))
         if not ia.size:
             return []
         if len(self.parts) > 1:
             order = np.argsort(ia, kind="stable")
             ia, oa, key, level = ia[order], oa[order], key[order], level[order]
-        shifts = np.array([self.regime.level_shift(lv) for lv in range(-1, 4)], dtype=U64)
-        size = U64(1) << shifts[level.astype(np.int64) + 1]
-        end = ia + size
+        levels = {int(p[3][0]) for p in self.parts if p[3].size}
+        if len(levels) == 1:    # one level: a scalar size, no per-leaf size array
+            size = U64(1 << self.regime.level_shift(levels.pop()))
+            step = np.diff(ia) != size
+        else:
+            shifts = np.array([self.regime.level_shift(lv) for lv in range(-1, 4)], dtype=U64)
+            size = U64(1) << shifts[level.astype(np.int64) + 1]
+            step = (ia[1:] - ia[:-1] != size[:-1]) | (level[1:] != level[:-1])
+        delta = oa - ia         # equal deltas + contiguous IA = contiguous OA (mod 2^64)
         brk = np.ones(ia.size, dtype=bool)
-        brk[1:] = ((ia[1:] != end[:-1]) | (oa[1:] != oa[:-1] + size[:-1])
-                   | (key[1:] != key[:-1]) | (level[1:] != level[:-1]))
+        brk[1:] = step | (delta[1:] != delta[:-1]) | (key[1:] != key[:-1])
         starts = np.flatnonzero(brk)
         lasts = np.append(starts[1:] - 1, ia.size - 1)
+        ends = ia[lasts] + (size if size.ndim == 0 else size[lasts])
         fill = self.regime.ia_fill
         return zip((ia[starts] | U64(fill)).tolist(), oa[starts].tolist(),
-                   (end[lasts] - ia[starts]).tolist(), level[starts].tolist(),
-                   key[starts].tolist())
+                   (ends - ia[starts]).tolist(), level[starts].tolist(), key[starts].tolist())
 
 
 class _FirstLeaf(Visitor):

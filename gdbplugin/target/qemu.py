@@ -44,6 +44,12 @@ def _opt(value: object) -> str:
     return str(value).replace(",", ",,")
 
 
+def hmp_quote(text: str | Path) -> str:
+    """A string argument for an HMP command (file names: unquoted, ``/`` would parse as a
+    division in ``pmemsave``'s size expression)."""
+    return '"' + str(text).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 @dataclass(frozen=True)
 class Loader:
     """One ``-device loader``: ``data`` (``data_len`` bytes, little-endian) or ``file`` at
