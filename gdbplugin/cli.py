@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from rich.table import Table
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_TARGET = 0, 1, 2, 3
 
@@ -34,26 +33,6 @@ def _int(text: str) -> int:
     if not 0 <= value < 1 << 64:
         raise argparse.ArgumentTypeError(f"not a 64-bit unsigned value: {text!r}")
     return value
-
-
-def _size(n: int) -> str:
-    for unit, shift in (("T", 40), ("G", 30), ("M", 20), ("K", 10)):
-        if n >= 1 << shift and n % (1 << shift) == 0:
-            return f"{n >> shift}{unit}"
-    return hex(n)
-
-
-def _attr_summary(attrs: dict) -> str:
-    flags = [k for k in ("ng", "pxn", "uxn", "contiguous", "dbm") if attrs.get(k)]
-    if not attrs.get("af"):
-        flags.append("!AF")
-    if "s2ap" in attrs:
-        xn = {0: "X", 1: "PXN", 2: "XN", 3: "UXN"}[attrs["xn"]]
-        head = f"{attrs['memtype']} {attrs['s2ap']} {attrs['sh']} {xn}"
-    else:
-        mt = attrs["memtype"] or f"AttrIndx{attrs['attr_index']}"
-        head = f"{mt} {attrs['ap']} {attrs['sh']}"
-    return " ".join([head, *flags])
 
 
 def cmd_walk(args) -> int:
@@ -88,8 +67,9 @@ def cmd_walk(args) -> int:
               "mappings": [m.as_dict() for m in mappings], "errors": errors}
     if args.json:
         _write_json(args.json, report)
-    if not args.json or args.json != "-":
-        _print_walk(regime, mappings, errors)
+    if args.json != "-":
+        from .ui.console import print_walk
+        print_walk(Console(), "", regime, mappings, errors)
     return EXIT_FINDINGS if errors else EXIT_OK
 
 
@@ -104,21 +84,44 @@ def _write_json(dest: str, report: dict) -> None:
         raise UsageError(f"cannot write {dest}: {exc.strerror or exc}") from None
 
 
-def _print_walk(regime, mappings, errors) -> None:
+def cmd_inspect(args) -> int:
+    from .capture.snapshot import read_vcpus, snapshot
+    from .target.errors import TargetError
+    from .target.gdbmi import GdbMI
+    from .target.physmem import GdbPhysMem, SharedRam
+    from .target.registers import Registers
+    from .ui.console import print_vcpu, print_walk
+
+    if (args.mem_file is None) != (args.mem_base is None):
+        raise UsageError("--mem-file and --mem-base go together")
     console = Console()
-    if not regime.fatal:
-        console.print(f"[bold]{regime.describe()}[/bold]")
-    table = Table(show_header=True, header_style="bold")
-    for col in ("input", "output", "size", "level", "attributes"):
-        table.add_column(col, justify="right" if col in ("size", "level") else "left",
-                         no_wrap=col != "attributes")
-    for m in mappings:
-        table.add_row(f"{m.ia:#x}", f"{m.oa:#x}", _size(m.size), str(m.level),
-                      _attr_summary(m.attrs))
-    console.print(table)
-    console.print(f"{len(mappings)} runs, {sum(m.size for m in mappings):#x} bytes mapped")
-    for e in errors:
-        console.print(f"[red]error[/red] {e['kind']}: {e['message']}", highlight=False)
+    try:
+        gdb = GdbMI()
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    with gdb:
+        try:
+            gdb.connect(args.target)
+        except TargetError as exc:
+            raise UsageError(f"cannot attach to {args.target}: {exc}") from None
+        try:
+            states = read_vcpus(gdb, Registers(gdb))
+            mem = SharedRam(args.mem_file, args.mem_base) if args.mem_file else GdbPhysMem(gdb)
+            walks = snapshot(states, mem)
+        except TargetError as exc:
+            print(f"s2cache: target error: {exc}", file=sys.stderr)
+            return EXIT_TARGET
+    for state in states:
+        print_vcpu(console, state)
+    for walk in walks:
+        vcpus = ",".join(map(str, walk.vcpus))
+        print_walk(console, f"{walk.name} (vCPU {vcpus})", walk.regime, walk.mappings,
+                   walk.errors, limit=args.runs)
+    if args.json:
+        _write_json(args.json, {"vcpus": [{"vcpu": s.vcpu, "el": s.el, "registers": s.regs}
+                                          for s in states],
+                                "walks": [w.as_dict() for w in walks]})
+    return EXIT_FINDINGS if any(w.errors for w in walks) else EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--mair", type=_int, help="MAIR_ELx, to name stage-1 memory types")
     walk.add_argument("--json", help="write the walk as JSON to this file ('-' for stdout)")
     walk.set_defaults(func=cmd_walk)
+
+    insp = sub.add_parser("inspect", help="attach to a QEMU gdbstub, decode every vCPU's "
+                          "translation registers and walk its stage-1 and stage-2 tables")
+    insp.add_argument("target", help="gdbstub: HOST:PORT or a unix socket path")
+    insp.add_argument("--mem-file", help="QEMU's shared RAM file (fast); default: gdb reads")
+    insp.add_argument("--mem-base", type=_int, help="PA of the RAM file's first byte")
+    insp.add_argument("--runs", type=int, default=40, help="runs shown per walk (default 40)")
+    insp.add_argument("--json", help="write registers and complete walks as JSON")
+    insp.set_defaults(func=cmd_inspect)
     return parser
 
 

@@ -14,7 +14,7 @@ from functools import cached_property
 import numpy as np
 
 from . import descriptors as D
-from .memory import read_tables_via_read
+from .memory import PhysMemError, PhysMemory, read_tables_via_read
 from .memtype import from_mair, s2_memattr_name
 from .sysregs import MAIR_EL1, TCR_EL1, TTBR, VTCR_EL2, VTTBR_EL2
 
@@ -574,3 +574,36 @@ class _FirstLeaf(Visitor):
     def tables(self, level, ia, desc, next_table) -> None:
         if ia.size:
             self.deepest_table = level
+
+
+class TranslatedMemory(PhysMemory):
+    """Memory addressed through a translation: a guest's stage-1 tables sit at IPAs, so a
+    stage-1 walk under stage 2 reads through this, with the stage-2 walker doing IPA -> PA
+    (one translation per granule page, cached)."""
+
+    def __init__(self, walker: Walker, mem):
+        self.walker = walker
+        self.mem = mem
+        self._pages: dict[int, int | str] = {}
+
+    def _page(self, ia: int) -> int:
+        page = ia >> self.walker.regime.granule_shift
+        hit = self._pages.get(page)
+        if hit is None:
+            t = self.walker.translate(page << self.walker.regime.granule_shift)
+            hit = self._pages[page] = t.oa if isinstance(t, Translation) else \
+                f"{t.kind} fault at level {t.level}"
+        if isinstance(hit, str):
+            raise PhysMemError(f"IPA {ia:#x} is not mapped at stage 2: {hit}")
+        return hit
+
+    def read(self, pa: int, n: int) -> bytes:
+        shift = self.walker.regime.granule_shift
+        out = bytearray()
+        pos, end = pa, pa + n
+        while pos < end:
+            chunk = min(end, ((pos >> shift) + 1) << shift) - pos
+            base = self._page(pos)
+            out += self.mem.read(base + (pos & ((1 << shift) - 1)), chunk)
+            pos += chunk
+        return bytes(out)

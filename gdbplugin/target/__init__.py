@@ -1,0 +1,1 @@
+"""I/O with QEMU and gdb: launcher and monitor, gdb/MI driver, register names, physical memory."""

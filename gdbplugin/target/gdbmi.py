@@ -9,6 +9,7 @@ Asynchronous ``*stopped`` records are queued for ``wait_stopped``.
 from __future__ import annotations
 
 import collections
+import re
 import subprocess
 import time
 from contextlib import contextmanager
@@ -21,6 +22,8 @@ from pygdbmi.gdbcontroller import GdbController
 from .errors import GdbCommandError, GdbError, GdbTimeout, MemoryAccessError
 
 GDB = "gdb-multiarch"
+_LOST = re.compile(r"Remote (communication error|connection closed)|Target disconnected"
+                   r"|The program is not being run")
 POLL_S = 0.05        # longest single wait on gdb's output, so a dead gdb is noticed quickly
 WINDOW = 32          # pipelined commands in flight: bounded so gdb's pipes cannot fill up
 
@@ -63,7 +66,7 @@ class GdbMI:
         self._proc: subprocess.Popen = self._ctl.gdb_process
         self._io = self._ctl.io_manager
         self.timeout = timeout
-        self.resumes = 0                 # incremented whenever the target may have run
+        self.resumes = 0                 # bumped whenever the target may have run
         self._token = 0
         self._waiting: set[int] = set()
         self._done: dict[int, MIResult] = {}
@@ -73,8 +76,13 @@ class GdbMI:
         self._register_numbers: dict[str, int] | None = None
         # mi-async lets us interrupt a running target; with the caches off a read right after
         # switching physical/virtual mode can never be served from gdb's stale copy.
-        for setting in ("mi-async on", "pagination off", "code-cache off", "stack-cache off"):
-            self.command(f"-gdb-set {setting}")
+        try:
+            for setting in ("mi-async on", "pagination off", "code-cache off",
+                            "stack-cache off"):
+                self.command(f"-gdb-set {setting}")
+        except BaseException:
+            self.close()
+            raise
 
     # -- commands -----------------------------------------------------------------------
     def command(self, cmd: str, timeout: float | None = None) -> MIResult:
@@ -95,12 +103,15 @@ class GdbMI:
             except GdbCommandError as exc:
                 out[i] = exc
 
-        for i, cmd in enumerate(cmds):
-            if len(inflight) >= WINDOW:
+        try:
+            for i, cmd in enumerate(cmds):
+                if len(inflight) >= WINDOW:
+                    collect()
+                inflight.append((i, self._send(cmd)))
+            while inflight:
                 collect()
-            inflight.append((i, self._send(cmd)))
-        while inflight:
-            collect()
+        finally:                    # after a timeout, drop the answers still to come
+            self._waiting.difference_update(tok for _, tok in inflight)
         return out
 
     def _send(self, cmd: str) -> int:
@@ -125,7 +136,10 @@ class GdbMI:
             self._waiting.discard(token)
         result = self._done.pop(token)
         if result.message == "error":
-            raise GdbCommandError(f"{cmd}: {result.payload.get('msg', 'error')}")
+            msg = result.payload.get("msg", "error")
+            if _LOST.search(msg):        # not the command's fault: no target any more
+                raise GdbError(f"no connection to the target: {msg}")
+            raise GdbCommandError(f"{cmd}: {msg}")
         return result
 
     def _pump(self, deadline: float) -> None:
@@ -143,6 +157,8 @@ class GdbMI:
                 self._console.append(rec["payload"])
             elif kind == "notify" and rec["message"] == "stopped":
                 self._events.append(rec["payload"] or {})
+            elif kind == "notify" and rec["message"] == "running":
+                self.resumes += 1              # however it was resumed (step, continue, ...)
             elif kind in ("log", "output") and rec["payload"]:
                 self._log.append(str(rec["payload"]).strip())
 

@@ -104,7 +104,11 @@ class QemuConfig:
 
 
 class Qemu:
-    """A running QEMU.  ``start()`` (or ``with``) launches it; ``close()`` always reaps it."""
+    """A running QEMU.  ``start()`` (or ``with``) launches it; ``close()`` always reaps it.
+
+    ``workdir`` holds the sockets, logs and the RAM file (default: a fresh temporary directory,
+    deleted on close unless ``keep_workdir``); put it on a tmpfs for large guests.
+    """
 
     def __init__(self, config: QemuConfig, workdir: Path | None = None,
                  keep_workdir: bool = False):
@@ -213,7 +217,7 @@ class Qemu:
                                          codec_errors="replace", timeout=START_TIMEOUT_S)
 
     def _bound_port(self) -> int:
-        m = re.search(r"s2cache\.gdb: filename=tcp:[^:]+:(\d+)", self.monitor("info chardev"))
+        m = re.search(r"s2cache\.gdb: filename=\S*tcp:[^:,]+:(\d+)", self.monitor("info chardev"))
         if not m:
             raise QemuError("cannot find the gdbstub's TCP port in `info chardev`")
         return int(m.group(1))
@@ -250,8 +254,8 @@ class Qemu:
     def ram_base(self) -> int:
         """Guest PA of the first byte of the RAM file (from ``info mtree -f``)."""
         if self._ram_base is None:
-            m = re.search(rf"^\s*([0-9a-f]+)-[0-9a-f]+ \(prio -?\d+, ram\): {re.escape(RAM_ID)}\s*$",
-                          self.monitor("info mtree -f"), re.MULTILINE)
+            line = rf"^\s*([0-9a-f]+)-[0-9a-f]+ \(prio -?\d+, ram\): {re.escape(RAM_ID)}\s*$"
+            m = re.search(line, self.monitor("info mtree -f"), re.MULTILINE)
             if not m:
                 raise QemuError(f"`info mtree -f` shows no RAM region named {RAM_ID}")
             self._ram_base = int(m.group(1), 16)
@@ -269,7 +273,11 @@ class Qemu:
         """Run an HMP command; returns its output (lines joined by \\n, no echo, no prompt)."""
         if self._mon is None:
             raise QemuError("QEMU is not started")
-        self._mon.sendline(cmd)
+        try:
+            self._mon.sendline(cmd)
+        except OSError as exc:
+            self.check_alive()
+            raise QemuError(f"cannot write to the monitor: {exc}") from None
         text = self._expect_prompt(repr(cmd), timeout)
         # The readline monitor echoes the command (with cursor escapes) up to the first CRLF.
         _, _, output = text.partition("\r\n")
