@@ -44,9 +44,11 @@ class FieldPos:
 class Layout:
     """A named register/descriptor layout of ``width`` bits, parsed and built by construct."""
 
-    def __init__(self, name: str, width: int = 64, **fields: FieldSpec):
+    def __init__(self, name: str, width: int = 64, addresses: tuple[str, ...] = (),
+                 **fields: FieldSpec):
         self.name = name
         self.width = width
+        self.addresses = addresses      # fields shown in place (as the address they hold)
         spans = sorted(((*_span(s), n) for n, s in fields.items()), reverse=True)
         subcons = []
         top = width - 1
@@ -102,12 +104,16 @@ class Layout:
                 continue
             bits = str(pos.lo) if pos.width == 1 else f"{pos.lo + pos.width - 1}:{pos.lo}"
             style = "bold green" if fval else "dim"
-            shown = str(fval) if pos.width == 1 else hex(fval)
+            shown = str(fval) if pos.width == 1 else hex(self.shown(pos.name, fval))
             table.add_row(Text(pos.name, style=style), bits, Text(shown, style=style))
         return table
 
+    def shown(self, field: str, value: int) -> int:
+        """A field's value as a person reads it: address fields in place."""
+        return value << self.fields[field].lo if field in self.addresses else value
+
     def describe(self, value: int) -> str:
         """One line: the set fields, for logs and messages."""
-        parts = [k if self.fields[k].width == 1 else f"{k}={v:#x}"
+        parts = [k if self.fields[k].width == 1 else f"{k}={self.shown(k, v):#x}"
                  for k, v in self.decode(value).items() if v]
         return f"{self.name}={value:#x} [{' '.join(parts)}]"

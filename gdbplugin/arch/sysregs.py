@@ -63,8 +63,8 @@ MAIR_EL1 = Layout("MAIR_EL1", **{f"Attr{n}": (8 * n + 7, 8 * n) for n in range(8
 MAIR_EL2 = Layout("MAIR_EL2", **{f"Attr{n}": (8 * n + 7, 8 * n) for n in range(8)})
 
 # BADDR[47:1]; with 52-bit tables (64K+LPA, or DS=1) BADDR[51:48] sits in bits [5:2].
-TTBR = Layout("TTBRn_ELx", ASID=(63, 48), BADDR=(47, 1), CnP=0)
-VTTBR_EL2 = Layout("VTTBR_EL2", VMID=(63, 48), BADDR=(47, 1), CnP=0)
+TTBR = Layout("TTBRn_ELx", addresses=("BADDR",), ASID=(63, 48), BADDR=(47, 1), CnP=0)
+VTTBR_EL2 = Layout("VTTBR_EL2", addresses=("BADDR",), VMID=(63, 48), BADDR=(47, 1), CnP=0)
 TTBR_BADDR52 = Layout("TTBR.BADDR[51:48]", BADDR_51_48=(5, 2))
 
 ESR_EL2 = Layout("ESR_EL2", ISS2=(55, 32), EC=(31, 26), IL=25, ISS=(24, 0))
