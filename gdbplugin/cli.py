@@ -124,6 +124,34 @@ def cmd_inspect(args) -> int:
     return EXIT_FINDINGS if any(w.errors for w in walks) else EXIT_OK
 
 
+def cmd_replay(args) -> int:
+    from .model.engine import Replay
+    from .model.policies import POLICIES
+    from .model.trace import TraceError, read_trace
+    from .ui.report import matrix, print_compare, print_findings, report
+
+    try:
+        trace = read_trace(args.trace)
+    except TraceError as exc:
+        raise UsageError(f"{args.trace}: {exc}") from None
+    policy = args.policy or trace.header.get("policy") or "kvm"
+    if policy not in POLICIES:
+        raise UsageError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+    result = Replay(trace.header).run(trace)
+    console = Console()
+    if args.json != "-":
+        if args.compare:
+            print_compare(console, result)
+        else:
+            print_findings(console, result, policy)
+    if args.json:
+        out = report(result, policy)
+        if args.compare:
+            out["compare"] = matrix(result)
+        _write_json(args.json, out)
+    return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="s2cache", description="Find the cache-maintenance bugs QEMU hides.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -139,6 +167,17 @@ def build_parser() -> argparse.ArgumentParser:
     walk.add_argument("--mair", type=_int, help="MAIR_ELx, to name stage-1 memory types")
     walk.add_argument("--json", help="write the walk as JSON to this file ('-' for stdout)")
     walk.set_defaults(func=cmd_walk)
+
+    rep = sub.add_parser("replay", help="re-evaluate a recorded trace under a policy, or "
+                         "compare every policy's coverage and cost")
+    rep.add_argument("trace", help="trace file (s2cache.trace/1 JSONL)")
+    how = rep.add_mutually_exclusive_group()
+    how.add_argument("--policy", help="active policy: none, rfc2013, kvm, xen, fwb "
+                     "(default: the trace's, else kvm)")
+    how.add_argument("--compare", action="store_true",
+                     help="findings x policies matrix and the coverage-versus-cost table")
+    rep.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    rep.set_defaults(func=cmd_replay)
 
     insp = sub.add_parser("inspect", help="attach to a QEMU gdbstub, decode every vCPU's "
                           "translation registers and walk its stage-1 and stage-2 tables")

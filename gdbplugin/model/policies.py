@@ -1,0 +1,236 @@
+"""Hypervisor cache-maintenance policies (DESIGN.md sections 1 and 3).
+
+Each policy is one small class of named rules.  A rule id names what the hypervisor does and
+the docstring of the hook that applies it cites the upstream function it mirrors.  Hooks return
+``Action``s; the engine carries them out on that policy's own shadow cache, so replaying one
+trace under every policy shows what each would have left uncovered and what it would cost.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Operations an action performs and the scopes it acts on.
+CLEAN_INVAL, CLEAN, INVAL, ICACHE_INVAL = "clean-inval", "clean", "inval", "icache-inval"
+SCOPE_RANGE, SCOPE_PAGES, SCOPE_VM = "range", "pages", "vm"
+MT_S2_FWB_NORMAL = 0b0110          # KVM's stage-2 MemAttr for memory with FEAT_S2FWB
+
+
+@dataclass(frozen=True)
+class Action:
+    rule: str
+    op: str
+    scope: str                      # range (pa/size), pages (the event's pages), vm (all mapped)
+    pa: int = 0
+    size: int = 0
+
+
+class Policy:
+    """No maintenance at all: the baseline every finding is measured against."""
+
+    name = "none"
+    RULES: dict[str, str] = {}
+    fwb = False                     # HCR_EL2.FWB set by this hypervisor
+
+    def __init__(self, vcpus: int):
+        self.tvm = [False] * vcpus  # HCR_EL2.TVM armed, per vCPU
+        self.any_mmu_enabled = False
+
+    def stage2_memattr(self, recorded: int, is_ram: bool) -> int:
+        """The stage-2 MemAttr this hypervisor would install for a page."""
+        return recorded
+
+    def on_vcpu_on(self, vcpu: int, reinit: bool) -> list[Action]:
+        return []
+
+    def on_host_write(self, source: str, pa: int, size: int) -> list[Action]:
+        return []
+
+    def on_map(self, vcpu_caches_on: bool, all_mmu_off: bool) -> list[Action]:
+        """Maintenance on each page a stage-2 fault maps (SCOPE_PAGES)."""
+        return []
+
+    def on_exec_fault(self) -> list[Action]:
+        return []
+
+    def on_unmap(self, pa: int, size: int) -> list[Action]:
+        return []
+
+    def on_sctlr(self, vcpu: int, was_on: bool, now_on: bool, mmu_now: bool) -> list[Action]:
+        """A trapped SCTLR_EL1 write; ``*_on`` is SCTLR_EL1.M&C (vcpu_has_cache_enabled)."""
+        return []
+
+    def on_set_way(self, vcpu: int) -> list[Action]:
+        return []
+
+    def traps_set_way(self) -> str | None:
+        """The rule that traps guest set/way operations (HCR_EL2.TSW), if any."""
+        return None
+
+    def type_rule(self) -> str | None:
+        """The rule that makes guest accesses cacheable whatever stage 1 says, if any."""
+        return None
+
+
+class Rfc2013(Policy):
+    """The 2013 RFC as posted (seed points 1, 2 and 4)."""
+
+    name = "rfc2013"
+    RULES = {
+        "rfc2013.clean-first-map-uncached":
+            "user_mem_abort: flush the page to PoC when !vcpu_has_cache_enabled(vcpu)",
+        "rfc2013.flush-on-stage1-enable":
+            "seed point 2: trap MMU registers, clean+invalidate all mapped pages when stage 1 "
+            "is enabled",
+    }
+
+    def on_map(self, vcpu_caches_on, all_mmu_off):
+        """Seed point 1 with point 4: only while every vCPU still has its MMU off."""
+        if not vcpu_caches_on and all_mmu_off:
+            return [Action("rfc2013.clean-first-map-uncached", CLEAN_INVAL, SCOPE_PAGES)]
+        return []
+
+    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
+        """Seed point 2, trapped only until the first vCPU enables its MMU (point 4)."""
+        out = []
+        if now_on and not was_on and not self.any_mmu_enabled:
+            out = [Action("rfc2013.flush-on-stage1-enable", CLEAN_INVAL, SCOPE_VM)]
+        self.any_mmu_enabled |= mmu_now
+        return out
+
+
+class Kvm(Policy):
+    """Upstream KVM/arm64 without FEAT_S2FWB (arch/arm64/kvm)."""
+
+    name = "kvm"
+    RULES = {
+        "kvm.clean-on-translation-fault":
+            "hyp/pgtable.c stage2_map_walker_try_leaf: dcache_clean_inval_poc on every new "
+            "cacheable leaf",
+        "kvm.icache-inval-on-exec-fault":
+            "hyp/pgtable.c stage2_map_walker_try_leaf: icache_inval_pou for executable leaves",
+        "kvm.clean-on-unmap": "hyp/pgtable.c stage2_unmap_walker: dcache_clean_inval_poc",
+        "kvm.flush-on-cache-toggle":
+            "sys_regs.c access_vm_reg -> kvm_toggle_cache -> stage2_flush_vm while TVM is set",
+        "kvm.trap-set-way": "sys_regs.c access_dcsw -> kvm_set_way_flush -> stage2_flush_vm",
+        "kvm.unmap-on-vcpu-reinit":
+            "arm.c kvm_arch_vcpu_ioctl_vcpu_init -> stage2_unmap_vm on a vCPU that ran before",
+    }
+
+    def on_vcpu_on(self, vcpu, reinit):
+        """vcpu_reset_hcr arms HCR_EL2.TVM (non-FWB) until the guest's caches are on."""
+        self.tvm[vcpu] = True
+        if reinit:
+            return [Action("kvm.unmap-on-vcpu-reinit", CLEAN_INVAL, SCOPE_VM)]
+        return []
+
+    def on_map(self, vcpu_caches_on, all_mmu_off):
+        return [Action("kvm.clean-on-translation-fault", CLEAN_INVAL, SCOPE_PAGES)]
+
+    def on_exec_fault(self):
+        return [Action("kvm.icache-inval-on-exec-fault", ICACHE_INVAL, SCOPE_PAGES)]
+
+    def on_unmap(self, pa, size):
+        return [Action("kvm.clean-on-unmap", CLEAN_INVAL, SCOPE_RANGE, pa, size)]
+
+    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
+        """kvm_toggle_cache: flush when M&C change while TVM traps; drop TVM once on."""
+        out = []
+        if self.tvm[vcpu]:
+            if was_on != now_on:
+                out = [Action("kvm.flush-on-cache-toggle", CLEAN_INVAL, SCOPE_VM)]
+            if now_on:
+                self.tvm[vcpu] = False
+        return out
+
+    def on_set_way(self, vcpu):
+        """kvm_set_way_flush: flush the VM and arm TVM, unless TVM is already armed."""
+        if self.tvm[vcpu]:
+            return []
+        self.tvm[vcpu] = True
+        return [Action("kvm.trap-set-way", CLEAN_INVAL, SCOPE_VM)]
+
+    def traps_set_way(self):
+        return "kvm.trap-set-way"
+
+
+class Xen(Policy):
+    """Xen on Arm (xen/arch/arm)."""
+
+    name = "xen"
+    RULES = {
+        "xen.flush-on-alloc":
+            "common/page_alloc.c alloc_heap_pages -> flush_page_to_ram for new pages",
+        "xen.builder-flush":
+            "copy_to_guest_phys_flush_dcache / XEN_DOMCTL_cacheflush for what the domain "
+            "builder copies in",
+        "xen.trap-set-way": "p2m.c p2m_set_way_flush: arm TVM, p2m_flush_vm before re-entry",
+        "xen.flush-on-toggle": "p2m.c p2m_toggle_cache: p2m_flush_vm when M&C change under TVM",
+    }
+
+    def on_host_write(self, source, pa, size):
+        """Pages are flushed when Xen allocates them, and what the builder loads is flushed."""
+        if source == "host-zero":
+            return [Action("xen.flush-on-alloc", CLEAN_INVAL, SCOPE_RANGE, pa, size)]
+        if source == "load":
+            return [Action("xen.builder-flush", CLEAN_INVAL, SCOPE_RANGE, pa, size)]
+        return []
+
+    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
+        out = []
+        if self.tvm[vcpu]:
+            if was_on != now_on:
+                out = [Action("xen.flush-on-toggle", CLEAN_INVAL, SCOPE_VM)]
+            if now_on:
+                self.tvm[vcpu] = False
+        return out
+
+    def on_set_way(self, vcpu):
+        if self.tvm[vcpu]:
+            return []
+        self.tvm[vcpu] = True
+        return [Action("xen.trap-set-way", CLEAN_INVAL, SCOPE_VM)]
+
+    def traps_set_way(self):
+        return "xen.trap-set-way"
+
+
+class Fwb(Kvm):
+    """KVM on a CPU with FEAT_S2FWB: stage 2 forces Write-Back, so no D-side maintenance,
+    no TVM and set/way become NOPs; I-side maintenance stays."""
+
+    name = "fwb"
+    fwb = True
+    RULES = {
+        "fwb.force-write-back":
+            "kvm_pgtable_stage2_init with KVM_PGTABLE_S2_FWB: MemAttr MT_S2_FWB_NORMAL and "
+            "HCR_EL2.FWB make guest accesses to memory Normal WB",
+        "fwb.set-way-nop": "sys_regs.c access_dcsw: no kvm_set_way_flush with FWB",
+        "kvm.icache-inval-on-exec-fault": Kvm.RULES["kvm.icache-inval-on-exec-fault"],
+    }
+
+    def stage2_memattr(self, recorded, is_ram):
+        return MT_S2_FWB_NORMAL if is_ram else recorded
+
+    def on_vcpu_on(self, vcpu, reinit):
+        return []
+
+    def on_map(self, vcpu_caches_on, all_mmu_off):
+        return []
+
+    def on_unmap(self, pa, size):
+        return []
+
+    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
+        return []
+
+    def on_set_way(self, vcpu):
+        return []
+
+    def traps_set_way(self):
+        return "fwb.set-way-nop"
+
+    def type_rule(self):
+        return "fwb.force-write-back"
+
+
+POLICIES: dict[str, type[Policy]] = {p.name: p for p in (Policy, Rfc2013, Kvm, Xen, Fwb)}

@@ -1,0 +1,576 @@
+"""Trace files (s2cache.trace/1): round trip of every kind, every class of corruption named by
+its line, and a fuzz run in which nothing but a one-line TraceError may come out of the reader.
+
+Valid events are generated from ``events.KINDS`` (so a new kind is covered without touching
+this file); the address rules the reader enforces are restated here on their own, from the
+brief, rather than imported from the reader.
+"""
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from gdbplugin.model import trace as T
+from gdbplugin.model.events import (EVENT_DTYPE, KIND_CODE, KINDS, OPTIONAL_BIT, REGS, SCHEMA,
+                                    U64_MAX, enum_values)
+from gdbplugin.model.trace import TraceError, TraceWriter, read_trace, write_trace
+
+END = 1 << 64
+# The brief: these kinds' [pa, pa+size) must lie inside the header's RAM.
+RAM_KINDS = {"host-write", "guest-access", "cmo-va", "hyp-maintenance"}
+INT_MAX = {"u64": U64_MAX, "u32": (1 << 32) - 1, "u8": 255}
+RAM_BASE = 0x4000_0000
+HEADER = {"schema": SCHEMA, "ram": [[RAM_BASE, 0x1000_0000]], "vcpus": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Generating valid traces.
+
+@st.composite
+def headers(draw):
+    n = draw(st.integers(1, 3))
+    edge = st.sampled_from([0, 1, 0x1000, RAM_BASE, 1 << 63, END - 0x1000, END])
+    points = draw(st.lists(st.one_of(st.integers(0, END), edge), min_size=2 * n,
+                           max_size=2 * n, unique=True))
+    points.sort()
+    ram = [[points[2 * i], min(points[2 * i + 1] - points[2 * i], U64_MAX)] for i in range(n)]
+    draw(st.randoms()).shuffle(ram)
+    h = {"schema": SCHEMA, "ram": ram,
+         "vcpus": draw(st.one_of(st.integers(1, 8), st.just(1 << 32)))}
+    for key, s in (("policy", st.text(max_size=8)), ("source", st.text(max_size=8)),
+                   ("hcr", st.integers(0, U64_MAX)), ("host_zero_ram", st.booleans()),
+                   ("meta", st.dictionaries(st.text(max_size=4),
+                                            st.integers() | st.text(max_size=4), max_size=3))):
+        if draw(st.booleans()):
+            h[key] = draw(s)
+    return h
+
+
+def _value(draw, kind, f, vcpus):
+    if f.name == "vcpu":
+        return draw(st.integers(0, vcpus - 1))
+    if isinstance(f.type, tuple):
+        return draw(st.sampled_from(f.type))
+    if f.type == "str":
+        if f.name == "reg":
+            return draw(st.one_of(st.sampled_from(REGS), st.text(max_size=12)))
+        return draw(st.text(max_size=12))
+    if f.type == "bool":
+        return draw(st.booleans())
+    hi = INT_MAX[f.type]
+    return draw(st.one_of(st.integers(0, hi), st.sampled_from([0, hi])))
+
+
+@st.composite
+def events_of(draw, kind, header):
+    """A valid event of ``kind`` (no seq) under ``header``; optional fields sometimes left out."""
+    ev = {"kind": kind}
+    for f in KINDS[kind]:
+        if f.optional and draw(st.booleans()):
+            continue
+        ev[f.name] = _value(draw, kind, f, header["vcpus"])
+    if kind in RAM_KINDS:
+        base, size = draw(st.sampled_from(header["ram"]))
+        ev["size"] = draw(st.one_of(st.integers(1, size), st.just(size), st.just(1)))
+        ev["pa"] = draw(st.integers(base, base + size - ev["size"]))
+    if "size" in ev:
+        ev["size"] = ev["size"] or 1
+        for f in KINDS[kind]:
+            if f.name in ev and f.column in ("addr", "pa") and f.name != "size" \
+                    and ev[f.name] + ev["size"] > END:
+                ev[f.name] = draw(st.integers(0, END - ev["size"]))
+    return ev
+
+
+@st.composite
+def traces(draw):
+    h = draw(headers())
+    kinds = list(KINDS) + draw(st.lists(st.sampled_from(list(KINDS)), max_size=12))
+    draw(st.randoms()).shuffle(kinds)
+    evs, seq = [], draw(st.integers(0, 10))
+    for kind in kinds:
+        ev = {"seq": seq, **draw(events_of(kind, h))}
+        evs.append(ev)
+        seq += draw(st.one_of(st.just(1), st.integers(1, 1 << 40)))
+    return h, evs
+
+
+def expected_row(ev):
+    """The columns of one event, computed from the schema without the reader."""
+    row = dict.fromkeys(EVENT_DTYPE.names, 0)
+    row["seq"], row["kind"] = ev["seq"], KIND_CODE[ev["kind"]]
+    for f in KINDS[ev["kind"]]:
+        if f.name not in ev:
+            continue
+        v = ev[f.name]
+        if isinstance(f.type, tuple):
+            row[f.column] = f.type.index(v)
+        elif f.name == "reg":
+            names = enum_values(ev["kind"], "reg")
+            row["reg"] = names.index(v if v in names else "other")
+        elif f.type != "str" and f.column in row:
+            row[f.column] = int(v)
+        if f.optional and f.type != "str":
+            row["present"] |= OPTIONAL_BIT.get(f.column, OPTIONAL_BIT.get(f.name, 0))
+    return tuple(row[n] for n in EVENT_DTYPE.names)
+
+
+def write_lines(path: Path, lines, end="\n"):
+    """Lines joined by newlines; ``end`` after the last one."""
+    data = b"\n".join(x if isinstance(x, bytes) else x.encode() for x in lines)
+    path.write_bytes(data + end.encode())
+
+
+# ---------------------------------------------------------------------------------------------
+# Round trip.
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(traces())
+def test_round_trip_every_kind(case):
+    header, evs = case
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.jsonl"
+        with TraceWriter(p, header) as w:
+            for ev in evs:
+                assert w.write(ev) == ev["seq"]
+        t = read_trace(p)
+        assert t.header == header
+        assert len(t) == len(evs) and t.events.dtype == EVENT_DTYPE
+        for i, ev in enumerate(evs):
+            assert t.event_dict(i) == ev
+        assert t.to_dicts() == evs
+        assert t.events.tolist() == [expected_row(ev) for ev in evs]
+        # and once more through write_trace
+        p2 = Path(d) / "t2.jsonl"
+        write_trace(p2, t)
+        t2 = read_trace(p2)
+        assert t2.header == t.header and t2.extras == t.extras
+        assert np.array_equal(t2.events, t.events)
+
+
+def test_extras_hold_what_the_columns_cannot():
+    evs = [
+        {"seq": 1, "kind": "tlbi", "vcpu": 0, "op": "vmalls12e1is"},
+        {"seq": 2, "kind": "tlbi", "vcpu": 1, "op": "ipas2e1is", "ipa": 0x8000},
+        {"seq": 3, "kind": "sysreg-write", "vcpu": 0, "reg": "SCTLR_EL1", "old": 0, "new": 5},
+        {"seq": 4, "kind": "sysreg-write", "vcpu": 0, "reg": "CONTEXTIDR_EL1", "old": 0, "new": 1},
+        {"seq": 5, "kind": "hyp-maintenance", "op": "clean-inval", "pa": RAM_BASE, "size": 64,
+         "reason": "first map \"uncached\" \u00e9"},
+        {"seq": 6, "kind": "guest-access", "vcpu": 1, "pa": RAM_BASE, "size": 4,
+         "access": "exec", "va": 0xffff_0000_0000_0000},
+    ]
+    buf = io.StringIO()
+    with TraceWriter(buf, HEADER) as w:
+        for ev in evs:
+            w.write(ev)
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "t.jsonl"
+        p.write_text(buf.getvalue())
+        t = read_trace(p)
+    assert t.to_dicts() == evs
+    assert t.events["reg"][2] == REGS.index("SCTLR_EL1") and 2 not in t.extras
+    assert t.events["reg"][3] == REGS.index("other")
+    assert t.extras[3] == {"reg": "CONTEXTIDR_EL1"}
+    assert t.extras[0]["op"] == "vmalls12e1is" and t.extras[4]["reason"] == evs[4]["reason"]
+    assert t.events["addr"][1] == 0x8000 and t.event_dict(1)["ipa"] == 0x8000
+    assert "ipa" not in t.event_dict(0)
+    assert t.events["addr"][5] == 0xffff_0000_0000_0000
+    assert t.event_dict(-1) == evs[-1]
+    with pytest.raises(IndexError):
+        t.event_dict(len(evs))
+
+
+def test_null_optional_reads_as_absent_and_defaults(tmp_path):
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER),
+                    '{"seq": 0, "kind": "vcpu-on", "vcpu": 1, "pc": null}',
+                    '{"seq":1,"kind":"s2-fault","vcpu":0,"ipa":4096,"access":"write","esr":null,'
+                    '"pc":16,"el":1}'])
+    t = read_trace(p)
+    assert t.event_dict(0) == {"seq": 0, "kind": "vcpu-on", "vcpu": 1}
+    assert t.events["present"][0] == 0
+    assert t.events["present"][1] == OPTIONAL_BIT["pc"] | OPTIONAL_BIT["el"]
+    assert t.host_zero_ram is True and t.vcpus == 2 and t.ram == [(RAM_BASE, 0x1000_0000)]
+
+
+def test_adjacent_ram_ranges_hold_an_access_across_them(tmp_path):
+    h = {"schema": SCHEMA, "ram": [[0x2000, 0x1000], [0x1000, 0x1000]], "vcpus": 1,
+         "host_zero_ram": False}
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(h), json.dumps(
+        {"seq": 1, "kind": "host-write", "pa": 0x1800, "size": 0x1000, "source": "load"})])
+    t = read_trace(p)
+    assert len(t) == 1 and t.host_zero_ram is False
+
+
+def test_many_rows_cross_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(T, "_CHUNK", 4)
+    p = tmp_path / "t.jsonl"
+    with TraceWriter(p, HEADER) as w:
+        for i in range(11):
+            w.write({"kind": "vcpu-off" if i % 2 else "vcpu-on", "vcpu": i % 2})
+    t = read_trace(p)
+    assert list(t.events["seq"]) == list(range(11)) and len(t) == 11
+    assert [d["kind"] for d in t.to_dicts()] == ["vcpu-on", "vcpu-off"] * 5 + ["vcpu-on"]
+
+
+def test_empty_event_list_and_no_final_newline(tmp_path):
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER)], end="")
+    assert len(read_trace(p)) == 0
+    write_lines(p, [json.dumps(HEADER), '{"seq":0,"kind":"vcpu-off","vcpu":0}'], end="")
+    assert len(read_trace(p)) == 1
+    write_lines(p, [json.dumps(HEADER), '{"seq":0,"kind":"vcpu-off","vcpu":0}\r'])
+    assert len(read_trace(p)) == 1      # CRLF line ends are JSON whitespace
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer.
+
+def test_writer_assigns_seq_flushes_each_line_and_refuses_bad_events(tmp_path):
+    p = tmp_path / "t.jsonl"
+    w = TraceWriter(p, {"ram": [[RAM_BASE, 0x1000]], "vcpus": 1})
+    assert w.write({"kind": "vcpu-on", "vcpu": 0}) == 0
+    assert w.write({"kind": "vcpu-on", "vcpu": 0, "seq": 10}) == 10
+    assert w.write({"kind": "vcpu-off", "vcpu": 0}) == 11
+    # flushed: readable while the writer is still open
+    assert [e["seq"] for e in read_trace(p).to_dicts()] == [0, 10, 11]
+    with pytest.raises(TraceError, match=r"^line 5: seq goes backwards/repeats"):
+        w.write({"kind": "vcpu-on", "vcpu": 0, "seq": 11})
+    with pytest.raises(TraceError, match=r"^line 5: .*vcpu 1 is not below"):
+        w.write({"kind": "vcpu-on", "vcpu": 1})
+    with pytest.raises(TraceError, match=r"^line 5: .*not inside the header's RAM"):
+        w.write({"kind": "host-write", "pa": RAM_BASE + 0x800, "size": 0x1000,
+                 "source": "load"})
+    with pytest.raises(TraceError, match=r"^line 5: .*\"vcpu\" must be an integer"):
+        w.write({"kind": "vcpu-on", "vcpu": True})
+    assert w.write({"kind": "vcpu-off", "vcpu": 0}) == 12     # refused events left no trace
+    w.close()
+    t = read_trace(p)
+    assert [e["seq"] for e in t.to_dicts()] == [0, 10, 11, 12]
+    assert t.header == {"schema": SCHEMA, "ram": [[RAM_BASE, 0x1000]], "vcpus": 1}
+
+
+def test_writer_to_binary_file_and_bad_header():
+    buf = io.BytesIO()
+    with TraceWriter(buf, HEADER) as w:
+        w.write({"kind": "vcpu-on", "vcpu": 1, "pc": 0x4008_0000})
+    lines = buf.getvalue().decode().splitlines()
+    assert json.loads(lines[0]) == HEADER and json.loads(lines[1])["seq"] == 0
+    with pytest.raises(TraceError, match=r"^line 1: trace schema \"s2cache.trace/2\""):
+        TraceWriter(io.StringIO(), {**HEADER, "schema": "s2cache.trace/2"})
+    with pytest.raises(TraceError, match=r"^line 1: header: \"vcpus\" is required"):
+        TraceWriter(io.StringIO(), {"ram": [[0, 1]]})
+    with pytest.raises(TraceError, match=r"^line 1: header is not JSON"):
+        TraceWriter(io.StringIO(), {**HEADER, "meta": {"x": object()}})
+
+
+def test_trace_error_shape():
+    e = TraceError(7, "bad\nthing")
+    assert str(e) == "line 7: bad thing" and e.line == 7
+    e2 = pickle.loads(pickle.dumps(e))
+    assert str(e2) == str(e) and e2.line == 7
+    assert str(TraceError(None, "cannot read x")) == "cannot read x"
+
+
+# ---------------------------------------------------------------------------------------------
+# Each corruption class, named by its line.
+
+BASE_EVENTS = [
+    {"seq": 1, "kind": "vcpu-on", "vcpu": 0, "pc": 0x4008_0000},
+    {"seq": 2, "kind": "host-write", "pa": RAM_BASE, "size": 0x1000, "source": "load"},
+    {"seq": 3, "kind": "s2-map", "ipa": 0x8000_0000, "pa": RAM_BASE, "size": 0x1000,
+     "memattr": 15},
+    {"seq": 4, "kind": "guest-access", "vcpu": 1, "pa": RAM_BASE + 8, "size": 8,
+     "access": "read"},
+    {"seq": 5, "kind": "sysreg-write", "vcpu": 0, "reg": "SCTLR_EL1", "old": 0, "new": 5,
+     "el": 1},
+]
+# line numbers: header 1, events 2..6
+
+
+def base_lines():
+    return [json.dumps(HEADER)] + [json.dumps(e) for e in BASE_EVENTS]
+
+
+def ev_line(i, **change):
+    ev = dict(BASE_EVENTS[i])
+    for k, v in change.items():
+        k = k.rstrip("_")
+        if v is _DROP:
+            del ev[k]
+        else:
+            ev[k] = v
+    return json.dumps(ev)
+
+
+_DROP = object()
+
+CORRUPT = {
+    # name: (line number to replace -> text, expected error line, message fragment)
+    "unknown-kind": ({3: ev_line(1, kind="host-read")}, 3, "unknown kind \"host-read\""),
+    "no-kind": ({3: ev_line(1, kind=_DROP)}, 3, "no \"kind\""),
+    "kind-not-str": ({3: ev_line(1, kind=["host-write"])}, 3, "unknown kind"),
+    "bool-for-int": ({2: ev_line(0, vcpu=True)}, 2, "\"vcpu\" must be an integer"),
+    "str-for-int": ({3: ev_line(1, pa="0x40000000")}, 3, "\"pa\" must be an integer"),
+    "float-for-int": ({3: ev_line(1, size=4096.0)}, 3, "\"size\" must be an integer"),
+    "negative": ({4: ev_line(2, memattr=-1)}, 4, "out of range"),
+    "u8-range": ({6: ev_line(4, el=256)}, 6, "\"el\" must be an integer in 0..255"),
+    "u32-range": ({2: ev_line(0, vcpu=1 << 32)}, 2, "\"vcpu\" must be an integer in 0..2^32-1"),
+    "u64-range": ({4: ev_line(2, ipa=1 << 64)}, 4, "0..2^64-1"),
+    "int-for-enum": ({5: ev_line(3, access=1)}, 5, "\"access\" must be one of"),
+    "bad-enum": ({3: ev_line(1, source="dma")}, 3, "\"source\" must be one of"),
+    "int-for-str": ({6: ev_line(4, reg=1)}, 6, "\"reg\" must be a string"),
+    "null-required": ({5: ev_line(3, size=None)}, 5, "\"size\" is null"),
+    "missing-required": ({5: ev_line(3, access=_DROP)}, 5, "missing field(s) \"access\""),
+    "unknown-field": ({5: ev_line(3, ipa=5)}, 5, "unknown field(s) \"ipa\""),
+    "duplicate-field": ({5: ev_line(3)[:-1] + ', "vcpu": 0}'}, 5, "duplicate key \"vcpu\""),
+    "duplicate-field-escaped": ({5: ev_line(3)[:-1] + ', "\\u0076cpu": 0}'}, 5,
+                                "duplicate key"),
+    "size-zero": ({4: ev_line(2, size=0)}, 4, "size is 0"),
+    "overflow": ({4: ev_line(2, ipa=U64_MAX - 0xfff + 1, size=0x1000)}, 4, "runs past 2^64"),
+    "outside-ram-below": ({3: ev_line(1, pa=RAM_BASE - 0x1000)}, 3, "not inside the header's RAM"),
+    "outside-ram-straddle": ({5: ev_line(3, pa=RAM_BASE + 0x1000_0000 - 4)}, 5,
+                             "not inside the header's RAM"),
+    "vcpu-too-big": ({5: ev_line(3, vcpu=2)}, 5, "vcpu 2 is not below the header's vcpus 2"),
+    "seq-backwards": ({4: ev_line(2, seq=1)}, 4, "seq goes backwards/repeats: 1 after 2"),
+    "seq-equal": ({4: ev_line(2, seq=2)}, 4, "seq goes backwards/repeats: 2 after 2"),
+    "seq-missing": ({4: ev_line(2, seq=_DROP)}, 4, "no \"seq\""),
+    "seq-negative": ({2: ev_line(0, seq=-1)}, 2, "\"seq\" must be an integer"),
+    "not-object": ({4: "[1, 2, 3]"}, 4, "must be a JSON object"),
+    "nan": ({3: ev_line(1).replace("4096", "NaN")}, 3, "NaN is not valid JSON"),
+    "truncated-mid": ({3: ev_line(1)[:20]}, 3, "not valid JSON"),
+    "blank": ({3: ""}, 3, "blank line"),
+    "blank-spaces": ({3: "   \t"}, 3, "blank line"),
+    "bad-utf8": ({3: ev_line(1).replace('"load"', '"lo').encode() + b'\xff\xfe"'}, 3,
+                 "not valid UTF-8"),
+    "bad-utf8-in-key": ({5: b'{"seq": 4, "\xc3(": 1}'}, 5, "not valid UTF-8"),
+    "huge-int": ({3: ev_line(1).replace("4096", "9" * 5000)}, 3, "not valid JSON"),
+    "deep-nesting": ({3: "[" * 100_000}, 3, "not valid JSON"),
+    # the header
+    "schema-version": ({1: json.dumps({**HEADER, "schema": "s2cache.trace/2"})}, 1,
+                       "trace schema \"s2cache.trace/2\" is not supported: this reader reads "
+                       "\"s2cache.trace/1\""),
+    "schema-other": ({1: json.dumps({**HEADER, "schema": "foo/1"})}, 1,
+                     "not an s2cache trace"),
+    "header-missing": ({1: ev_line(0)}, 1, "missing header: the first line is an event"),
+    "header-no-schema": ({1: json.dumps({"ram": [[0, 1]], "vcpus": 1})}, 1,
+                         "missing header: no \"schema\""),
+    "header-not-object": ({1: "\"s2cache.trace/1\""}, 1, "missing header"),
+    "header-unknown-key": ({1: json.dumps({**HEADER, "vcpu": 1})}, 1,
+                           "unknown key(s) \"vcpu\""),
+    "header-duplicate": ({1: json.dumps(HEADER)[:-1] + ', "vcpus": 4}'}, 1, "duplicate key"),
+    "header-no-ram": ({1: json.dumps({"schema": SCHEMA, "vcpus": 2})}, 1, "\"ram\" is required"),
+    "header-ram-overlap": ({1: json.dumps({**HEADER, "ram": [[0x1000, 0x2000], [0, 0x1001]]})},
+                           1, "overlap"),
+    "header-ram-size-0": ({1: json.dumps({**HEADER, "ram": [[0x1000, 0]]})}, 1, "size 0"),
+    "header-ram-past-end": ({1: json.dumps({**HEADER, "ram": [[U64_MAX, 2]]})}, 1,
+                            "runs past 2^64"),
+    "header-ram-shape": ({1: json.dumps({**HEADER, "ram": [[0, 1, 2]]})}, 1, "ram[0]"),
+    "header-vcpus-bool": ({1: json.dumps({**HEADER, "vcpus": True})}, 1, "\"vcpus\" must be"),
+    "header-vcpus-0": ({1: json.dumps({**HEADER, "vcpus": 0})}, 1, "\"vcpus\" must be"),
+    "header-hzr": ({1: json.dumps({**HEADER, "host_zero_ram": 1})}, 1,
+                   "\"host_zero_ram\" must be true or false"),
+    "header-hcr": ({1: json.dumps({**HEADER, "hcr": -1})}, 1, "\"hcr\" must be"),
+    "header-bom": ({1: "\ufeff" + json.dumps(HEADER)}, 1, "not valid JSON"),
+}
+
+
+@pytest.mark.parametrize("name", list(CORRUPT))
+def test_corruption_is_named_by_its_line(tmp_path, name):
+    repl, line, fragment = CORRUPT[name]
+    lines = base_lines()
+    for k, text in repl.items():
+        lines[k - 1] = text
+    p = tmp_path / "t.jsonl"
+    write_lines(p, lines)
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    e = ei.value
+    assert e.line == line, str(e)
+    assert str(e).startswith(f"line {line}: ") and "\n" not in str(e)
+    assert fragment in str(e), str(e)
+
+
+def test_truncated_last_line(tmp_path):
+    p = tmp_path / "t.jsonl"
+    lines = base_lines()
+    lines[-1] = lines[-1][:-7]
+    write_lines(p, lines, end="")
+    with pytest.raises(TraceError, match=r"^line 6: truncated last line \(no newline"):
+        read_trace(p)
+    write_lines(p, [json.dumps(HEADER)[:-3]], end="")
+    with pytest.raises(TraceError, match=r"^line 1: truncated last line"):
+        read_trace(p)
+
+
+def test_blank_last_line_and_empty_file(tmp_path):
+    p = tmp_path / "t.jsonl"
+    write_lines(p, base_lines() + [""])
+    with pytest.raises(TraceError, match=r"^line 7: blank line$"):
+        read_trace(p)
+    p.write_bytes(b"")
+    with pytest.raises(TraceError, match=r"^line 1: empty file: missing header"):
+        read_trace(p)
+
+
+def test_unreadable_file(tmp_path):
+    for path in (tmp_path / "nope.jsonl", tmp_path, "bad\0name"):
+        with pytest.raises(TraceError) as ei:
+            read_trace(path)
+        assert ei.value.line is None and str(ei.value).startswith("cannot read ")
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzz: mutated lines.  Only a one-line TraceError may come out; when a mutation happens to
+# stay valid, the result must survive a write/read round trip.
+
+FUZZ_EVENTS = [
+    {"kind": "vcpu-on", "vcpu": 0, "pc": 0x4008_0000},
+    {"kind": "host-write", "pa": RAM_BASE, "size": 0x20_0000, "source": "load"},
+    {"kind": "s2-map", "ipa": 0x4000_0000, "pa": RAM_BASE, "size": 0x1000, "memattr": 15,
+     "xn": 1, "vcpu": 0},
+    {"kind": "s2-fault", "vcpu": 1, "ipa": 0x4000_1000, "access": "exec", "esr": 0x8200_0006,
+     "pc": 0x4008_0040, "el": 1},
+    {"kind": "guest-access", "vcpu": 1, "pa": RAM_BASE + 8, "size": 8, "access": "write",
+     "va": 0xffff_8000_0000_0008, "pc": 0x4008_0044},
+    {"kind": "sysreg-write", "vcpu": 0, "reg": "SCTLR_EL1", "old": 0x30d0_0800,
+     "new": 0x30d0_199d, "pc": 0x4008_0100, "el": 1},
+    {"kind": "sysreg-write", "vcpu": 1, "reg": "VBAR_EL1", "old": 0, "new": 0x4009_0000},
+    {"kind": "cmo-va", "vcpu": 0, "op": "civac", "pa": RAM_BASE + 0x40, "size": 64,
+     "va": 0x4000_0040},
+    {"kind": "set-way", "vcpu": 1, "op": "cisw", "el": 1},
+    {"kind": "ic-inval", "vcpu": 0, "op": "ivau", "pa": RAM_BASE, "size": 64},
+    {"kind": "tlbi", "vcpu": 0, "op": "vmalle1is", "ipa": 0x1000},
+    {"kind": "hyp-maintenance", "op": "clean-inval", "pa": RAM_BASE, "size": 0x1000,
+     "vcpu": 1, "reason": "first map, \"caches off\""},
+    {"kind": "s2-attr", "ipa": 0x4000_0000, "size": 0x1000, "memattr": 5},
+    {"kind": "s2-unmap", "ipa": 0x4000_0000, "size": 0x1000},
+    {"kind": "vcpu-off", "vcpu": 1},
+]
+
+
+def _fuzz_base() -> list[bytes]:
+    buf = io.StringIO()
+    with TraceWriter(buf, {**HEADER, "policy": "kvm", "meta": {"qemu": "7.2"}}) as w:
+        for ev in FUZZ_EVENTS:
+            w.write(ev)
+    return [ln.encode() for ln in buf.getvalue().splitlines()]
+
+
+def _random_json(r: random.Random, depth=0):
+    c = r.randrange(9 if depth < 3 else 6)
+    if c == 0:
+        return None
+    if c == 1:
+        return r.choice([True, False])
+    if c == 2:
+        return r.choice([0, 1, -1, U64_MAX, 1 << 64, 1 << 32, 255, 256, r.getrandbits(70)])
+    if c == 3:
+        return r.choice([0.5, 1e300, -0.0, 4096.0])
+    if c == 4:
+        return r.choice(["", "read", "SCTLR_EL1", "clean", "s2-map", "\u2028x\ny", "\udc80"])
+    if c == 5:
+        return r.choice(list(KINDS))
+    if c == 6:
+        return [_random_json(r, depth + 1) for _ in range(r.randrange(3))]
+    keys = ["seq", "kind", "vcpu", "pa", "size", "x", "schema", "ram", "vcpus"]
+    return {r.choice(keys): _random_json(r, depth + 1) for _ in range(r.randrange(4))}
+
+
+def _mutate(r: random.Random, line: bytes) -> bytes:
+    m = r.randrange(10)
+    if m == 0:                                       # byte flips
+        b = bytearray(line)
+        for _ in range(r.randint(1, 3)):
+            if b:
+                b[r.randrange(len(b))] = r.randrange(256)
+        return bytes(b)
+    if m == 1:                                       # truncation
+        return line[:r.randrange(len(line))]
+    if m == 2:                                       # random JSON in place of the line
+        return json.dumps(_random_json(r)).encode()
+    if m == 3:                                       # random bytes
+        return bytes(r.randrange(256) for _ in range(r.randrange(1, 40))).replace(b"\n", b"")
+    obj = json.loads(line)
+    keys = list(obj)
+    k = r.choice(keys)
+    if m == 4:                                       # field deletion
+        del obj[k]
+        return json.dumps(obj).encode()
+    if m == 5:                                       # field duplication (text level)
+        v = obj[k] if r.random() < 0.5 else _random_json(r)
+        text = json.dumps(obj)
+        dup = f"{json.dumps(k)}: {json.dumps(v)}"
+        return (text[:-1] + ", " + dup + "}").encode() if r.random() < 0.5 \
+            else ("{" + dup + ", " + text[1:]).encode()
+    if m == 6:                                       # type swap
+        obj[k] = _random_json(r)
+        return json.dumps(obj).encode()
+    if m == 7:                                       # numeric nudges, address edges
+        ints = [x for x in keys if type(obj[x]) is int] or keys
+        x = r.choice(ints)
+        v = obj[x] if type(obj[x]) is int else 0
+        obj[x] = r.choice([v + 1, v - 1, v + 0x1000_0000, U64_MAX, 1 << 63, 0, -v,
+                           1 << 32, v * 2])
+        return json.dumps(obj).encode()
+    if m == 8:                                       # unknown field / renamed field
+        obj[r.choice(["extra", "Vcpu", "addr", "ipa", "pa", "op", "reg", k + "_"])] = obj.pop(k)
+        return json.dumps(obj).encode()
+    return b""                                       # blank line
+
+
+def test_fuzz_only_trace_error_escapes():
+    base = _fuzz_base()
+    n_lines = len(base)
+    r = random.Random(20240607)
+    outcomes = {"error": 0, "valid": 0}
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "f.jsonl"
+        for _ in range(12_000):
+            k = r.randrange(n_lines) if r.random() < 0.9 else 0
+            lines = list(base)
+            lines[k] = _mutate(r, lines[k])
+            last = k == n_lines - 1 and r.random() < 0.5
+            data = b"\n".join(lines) + (b"" if last else b"\n")
+            p.write_bytes(data)
+            try:
+                t = read_trace(p)
+            except TraceError as e:
+                s = str(e)
+                assert s.startswith("line ") and len(s.splitlines()) == 1, s
+                assert "internal error" not in s, s
+                assert e.line is not None
+                if k > 0:            # an event line: itself, or the next one's seq check
+                    assert e.line == k + 1 or (e.line == k + 2 and "seq" in s), (k, s)
+                outcomes["error"] += 1
+            else:
+                outcomes["valid"] += 1
+                q = Path(d) / "g.jsonl"
+                write_trace(q, t)
+                t2 = read_trace(q)
+                assert t2.to_dicts() == t.to_dicts() and np.array_equal(t2.events, t.events)
+    assert outcomes["error"] > 8_000 and outcomes["valid"] > 100, outcomes
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.booleans())
+def test_fuzz_arbitrary_bytes_as_a_line(data, newline):
+    lines = _fuzz_base()[:4] + [data]
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / "f.jsonl"
+        p.write_bytes(b"\n".join(lines) + (b"\n" if newline else b""))
+        try:
+            read_trace(p)
+        except TraceError as e:
+            assert str(e).startswith("line ") and "\n" not in str(e)
+            assert "internal error" not in str(e)
