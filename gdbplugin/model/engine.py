@@ -119,7 +119,8 @@ class Result:
 class Replay:
     """Feed it a Trace (gdbplugin.model.trace) with ``run``; get a Result."""
 
-    def __init__(self, header: dict, policies: list[str] | None = None):
+    def __init__(self, header: dict, policies: list[str] | None = None,
+                 max_batch: int | None = None):
         self.ram = RamMap([tuple(r) for r in header["ram"]])
         self.nvcpus = int(header["vcpus"])
         hcr = int(header.get("hcr", 0) or 0)
@@ -137,9 +138,11 @@ class Replay:
         self.window = {"start_seq": None, "end_seq": None, "first_maps_inside": 0,
                        "first_maps_outside": 0, "pages_inside": 0, "pages_outside": 0}
         self.any_mmu_enabled = False
-        self.last_fault = {}                          # vcpu -> (pc, el, access)
+        self.last_fault = {}                  # vcpu -> (pc, el, access, IPA page)
+        self.last_fault_vcpu = 0
         self.set_way_open: dict[int, Finding] = {}    # vcpu -> the set/way sweep being counted
         self.counts: dict[str, int] = {}
+        self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
 
     # -- driving ------------------------------------------------------------------------
     def run(self, trace) -> Result:
@@ -159,7 +162,8 @@ class Replay:
         while i < n:
             if in_batch[i]:
                 j = i + 1
-                while j < n and in_batch[j]:
+                limit = n if self.max_batch is None else min(n, i + self.max_batch)
+                while j < limit and in_batch[j]:
                     j += 1
                 self.batch(ev[i:j], trace.extras, i)
                 i = j
@@ -211,8 +215,10 @@ class Replay:
         # tlbi: no effect on caches.
 
     # -- maintenance ----------------------------------------------------------------------
-    def apply(self, w: World, a: Action, pages: np.ndarray | None = None) -> None:
-        """Carry out one action in world ``w``; ``pages`` are the event's RAM pages."""
+    def apply(self, w: World, a: Action, pages: np.ndarray | None = None,
+              ops: int | None = None) -> None:
+        """Carry out one action in world ``w``; ``pages`` are the event's RAM pages, and
+        ``ops`` how many maintenance calls that was (default: one per page)."""
         rule = RULE_INDEX.get(a.rule, 0)
         if a.scope == SCOPE_VM:
             pages = np.flatnonzero(self.mapped)
@@ -222,14 +228,15 @@ class Replay:
             pages = None
             w.cost.operations += 1
         else:
-            w.cost.operations += len(pages)
+            w.cost.operations += len(pages) if ops is None else ops
         if pages is None:
             nbytes = sum((lp - fp + 1) * PAGE for fp, _, lp, _ in self.ram.clip(a.pa, a.size))
             nbytes = min(nbytes, a.size)
         else:
             nbytes = len(pages) * PAGE
         if a.op == ICACHE_INVAL:
-            w.cost.icache_invalidations += 1
+            w.cost.icache_invalidations += 1 if a.scope != SCOPE_PAGES \
+                else (len(pages) if ops is None else ops)
             self._clear(w, ["code"], a, pages)
             self._mark(w.icache_by, rule, a, pages)
             return
@@ -551,37 +558,49 @@ class Replay:
                 c_.bytes_invalidated += nbytes if op in (INVAL, CLEAN_INVAL) else 0
 
     def _faults_and_maps(self, ev: np.ndarray) -> None:
-        """The stage-2 part of a run; clears and TLBIs in it are ignored here."""
+        """The stage-2 part of a run; clears and TLBIs in it are ignored here.  A map belongs
+        to its vCPU's latest fault (its own ``vcpu`` field, else the latest fault's); the map
+        is an exec map when that fault was an instruction fetch at the same IPA page."""
         kinds = ev["kind"]
-        is_fault = kinds == KIND["s2-fault"]
-        # Each map's vCPU: its own field, else the latest fault's before it.
-        idx = np.where(is_fault, np.arange(len(ev)), -1)
-        last_fault = np.maximum.accumulate(idx)
-        fault_vcpu = np.where(last_fault >= 0, ev["vcpu"][np.clip(last_fault, 0, None)], 0)
-        has_vcpu = (ev["present"] & E.OPTIONAL_BIT["vcpu"]) != 0
-        vcpu = np.where(is_fault | has_vcpu, ev["vcpu"], fault_vcpu).astype(np.int64)
-        for i in np.flatnonzero(is_fault)[-self.nvcpus * 4:].tolist():
-            self.last_fault[int(ev["vcpu"][i])] = (
-                int(ev["pc"][i]) if ev["present"][i] & E.OPTIONAL_BIT["pc"] else None,
-                int(ev["el"][i]) if ev["present"][i] & E.OPTIONAL_BIT["el"] else None)
+        maps = np.flatnonzero(kinds == KIND["s2-map"])
+        faults = np.flatnonzero(kinds == KIND["s2-fault"])
+        has_vcpu = (ev["present"][maps] & E.OPTIONAL_BIT["vcpu"]) != 0
+        before = np.searchsorted(faults, maps) - 1          # latest fault of any vCPU
+        fault_vcpu = ev["vcpu"][faults[np.clip(before, 0, None)]] if faults.size else 0
+        vcpu = np.where(has_vcpu, ev["vcpu"][maps],
+                        np.where(before >= 0, fault_vcpu, self.last_fault_vcpu)
+                        ).astype(np.int64)
+        if faults.size:
+            self.last_fault_vcpu = int(ev["vcpu"][faults[-1]])
+        exec_map = np.zeros(maps.size, dtype=bool)
+        ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        exec_code = E.ACCESS.index("exec")
+        for v in np.unique(np.concatenate([vcpu, ev["vcpu"][faults]])).tolist():
+            mine = faults[ev["vcpu"][faults] == v]
+            sel = np.flatnonzero(vcpu == v)
+            prev = self.last_fault.get(v)
+            if sel.size:
+                k = np.searchsorted(mine, maps[sel]) - 1
+                exec_in = np.zeros(sel.size, dtype=bool)
+                if mine.size:
+                    f = mine[np.clip(k, 0, None)]
+                    exec_in = (k >= 0) & (ev["access"][f] == exec_code) \
+                        & (ipa_page[f] == ipa_page[maps[sel]])
+                exec_prev = (k < 0) & (prev is not None and prev[2] == "exec") \
+                    & (ipa_page[maps[sel]] == (prev[3] if prev else -1))
+                exec_map[sel] = exec_in | exec_prev
+            if mine.size:
+                i = int(mine[-1])
+                present = int(ev["present"][i])
+                self.last_fault[v] = (
+                    int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
+                    int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None,
+                    E.ACCESS[ev["access"][i]], int(ipa_page[i]))
+        self.maps += maps.size
+        if maps.size:
+            self._maps(ev[maps], vcpu, exec_map)
 
-        m = np.flatnonzero(kinds == KIND["s2-map"])
-        self.maps += m.size
-        if m.size:
-            self._maps(ev[m], vcpu[m])
-        exec_f = np.flatnonzero(is_fault & (ev["access"] == E.ACCESS.index("exec")))
-        if exec_f.size:
-            ipa_pages = (ev["addr"][exec_f] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-            pa_pages = np.array([self.pa_of_ipa.get(p, p) for p in ipa_pages.tolist()]
-                                if self.pa_of_ipa else ipa_pages, dtype=np.uint64)
-            pages = self.ram.page_index(pa_pages << np.uint64(PAGE_SHIFT))
-            pages = np.unique(pages[pages >= 0])
-            for w in self.worlds.values():
-                if w.name != OBSERVED:
-                    for a in w.policy.on_exec_fault():
-                        self.apply(w, a, pages)
-
-    def _maps(self, ev: np.ndarray, vcpu: np.ndarray) -> None:
+    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, exec_map: np.ndarray) -> None:
         size = np.maximum(ev["size"], np.uint64(1))
         npages = ((ev["addr"] + size + np.uint64(PAGE - 1)) >> np.uint64(PAGE_SHIFT)) \
             - (ev["addr"] >> np.uint64(PAGE_SHIFT))
@@ -615,6 +634,20 @@ class Replay:
         for i in repeat.tolist():            # the rare page mapped twice in one run
             self._map_pages(page[i:i + 1], memattr[i:i + 1], vc_of[i:i + 1], first[i:i + 1],
                             ipa[i:i + 1], ev["seq"][rep[i:i + 1]], all_off)
+        # Maintenance calls: one per map event (a block is cleaned in one call), and an
+        # I-cache invalidation for each map an instruction fetch faulted in.
+        events_with_ram = np.unique(rep)
+        x_pages = page[exec_map[rep]]
+        for w in self.worlds.values():
+            if w.name == OBSERVED:
+                continue
+            for v in np.unique(vcpu[events_with_ram]).tolist():
+                n = int(np.count_nonzero(vcpu[events_with_ram] == v))
+                w.cost.operations += n * len(w.policy.on_map(self.vcpus[v].caches_on, all_off))
+            if x_pages.size:
+                n_exec = int(np.count_nonzero(exec_map[events_with_ram]))
+                for a in w.policy.on_exec_fault():
+                    self.apply(w, a, x_pages, ops=n_exec)
 
     def _map_pages(self, page, memattr, vc_of, first, ipa, seqs, all_off) -> None:
         fires, rules = {}, {}
@@ -630,7 +663,7 @@ class Replay:
                 ok[sel] = table[memattr[sel]]
                 if name != OBSERVED:
                     for a in w.policy.on_map(vc.caches_on, all_off):
-                        self.apply(w, a, page[sel])
+                        self.apply(w, a, page[sel], ops=0)   # counted per event in _maps
             cacheable_of[name] = ok
             hit = first & ~ok & w.cache.pages_with("dirty", page)
             fires[name] = page[hit]
@@ -660,7 +693,7 @@ class Replay:
                 run = hit[s:e]
                 i0 = at[s]
                 v = int(vc_of[i0])
-                pc, el = self.last_fault.get(v, (None, None))
+                pc, el = self.last_fault.get(v, (None, None))[:2]
                 f = Finding("first-map-uncached", int(seqs[i0]), v, pc, el,
                             self.vcpus[v].sctlr, ipa=int(ipa[i0]) << PAGE_SHIFT,
                             pa=self.ram.page_pa(int(run[0])), size=len(run) * PAGE,
