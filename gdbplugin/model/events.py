@@ -60,10 +60,10 @@ KINDS: dict[str, tuple[Field, ...]] = {
                  _f("el", "u8", optional=True)),
     "host-write": (_f("pa", "u64"), _f("size", "u64"), _f("source", SOURCES, "op")),
     "guest-access": (_f("vcpu", "u32"), _f("pa", "u64"), _f("size", "u64"),
-                     _f("access", ACCESS), _f("va", "u64", "addr", optional=True),
+                     _f("access", ACCESS), _f("va", "u64", optional=True),
                      _f("pc", "u64", optional=True)),
     "cmo-va": (_f("vcpu", "u32"), _f("op", DC_VA_OPS), _f("pa", "u64"), _f("size", "u64"),
-               _f("va", "u64", "addr", optional=True), _f("pc", "u64", optional=True),
+               _f("va", "u64", optional=True), _f("pc", "u64", optional=True),
                _f("el", "u8", optional=True)),
     "set-way": (_f("vcpu", "u32"), _f("op", SET_WAY_OPS), _f("pc", "u64", optional=True),
                 _f("el", "u8", optional=True)),
@@ -86,14 +86,14 @@ EVENT_DTYPE = np.dtype([
 ])
 # "present" holds one bit per optional column that was given (else the value is unknown).
 OPTIONAL_BIT = {"pc": 1, "esr": 2, "va": 4, "xn": 8, "el": 16, "vcpu": 32, "pa": 64,
-                "size": 128}
+                "size": 128, "addr": 256}
 
 
 def enum_values(kind: str, name: str) -> tuple[str, ...]:
     for f in KINDS[kind]:
         if f.name == name and isinstance(f.type, tuple):
             return f.type
-    if name == "reg":
+    if name == "reg" and any(f.name == "reg" for f in KINDS[kind]):
         return REGS
     raise KeyError(f"{kind}.{name} is not an enum")
 

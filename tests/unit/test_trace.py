@@ -183,7 +183,7 @@ def test_extras_hold_what_the_columns_cannot():
     assert t.extras[0]["op"] == "vmalls12e1is" and t.extras[4]["reason"] == evs[4]["reason"]
     assert t.events["addr"][1] == 0x8000 and t.event_dict(1)["ipa"] == 0x8000
     assert "ipa" not in t.event_dict(0)
-    assert t.events["addr"][5] == 0xffff_0000_0000_0000
+    assert t.events["va"][5] == 0xffff_0000_0000_0000
     assert t.event_dict(-1) == evs[-1]
     with pytest.raises(IndexError):
         t.event_dict(len(evs))
