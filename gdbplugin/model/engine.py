@@ -140,7 +140,7 @@ class Replay:
         self.any_mmu_enabled = False
         self.last_fault = {}                  # vcpu -> (pc, el, access, IPA page)
         self.last_fault_vcpu = 0
-        self.set_way_open: dict[int, Finding] = {}    # vcpu -> the set/way sweep being counted
+        self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
 
@@ -373,28 +373,32 @@ class Replay:
         return table[attrs]
 
     def set_way(self, seq: int, e) -> None:
+        """One finding per sweep (consecutive set/way operations of a vCPU), counting them."""
         v = int(e["vcpu"])
-        open_ = self.set_way_open.get(v)
-        if open_ is not None:                 # one finding per sweep, counting its operations
-            for f in open_:
-                f.size = (f.size or 0) + 1
-            for w in self.worlds.values():
-                if w.name != OBSERVED:
-                    for a in w.policy.on_set_way(v):
-                        self.apply(w, a)
-            return
         for w in self.worlds.values():
             if w.name != OBSERVED:
                 for a in w.policy.on_set_way(v):
                     self.apply(w, a)
+        op = f"DC {E.SET_WAY_OPS[e['op']].upper()}"
+        sweep = self.set_way_open.get(v)
+        if sweep is not None:
+            sweep[0] += 1
+            for f in sweep[1]:
+                f.message = f"{op} by set/way: {sweep[0]} operations in this sweep"
+            return
         pc = int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None
         el = int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None
         fires = {name: w.policy.traps_set_way() is None for name, w in self.worlds.items()}
         rules = {name: [w.policy.traps_set_way()] for name, w in self.worlds.items()}
-        made = self._emit("set-way-op", fires, rules, dict(
-            seq=seq, vcpu=v, pc=pc, el=el, sctlr=self.vcpus[v].sctlr, size=1,
-            message=f"DC {E.SET_WAY_OPS[e['op']].upper()} by set/way"))
-        self.set_way_open[v] = made
+        made = []
+        for name, w in self.worlds.items():
+            if fires[name]:
+                f = Finding("set-way-op", seq, v, pc, el, self.vcpus[v].sctlr,
+                            message=f"{op} by set/way: 1 operation in this sweep")
+                f.covered_by, f.observed = self._coverage(name, fires, rules, None)
+                w.findings.append(f)
+                made.append(f)
+        self.set_way_open[v] = [1, made]
 
     # -- hazards --------------------------------------------------------------------------
     def check_mapped(self, kind, state, ctx, vc):
@@ -432,44 +436,30 @@ class Replay:
         idx = np.unique(by[pages]) if pages.size else []
         return [ALL_RULES[i] for i in idx if i]
 
-    def _emit_pages(self, kind, fires: dict[str, np.ndarray], rules, ctx,
-                    ipa_of=None) -> None:
+    def _emit_pages(self, kind, fires: dict[str, np.ndarray], rules, ctx) -> None:
         """Findings for runs of contiguous pages, one list per world, with covered_by from the
         worlds where those pages did not fire."""
         for name, w in self.worlds.items():
             for run in _runs(fires[name]):
                 f = Finding(kind, ctx["seq"], ctx.get("vcpu"), ctx.get("pc"), ctx.get("el"),
-                            ctx.get("sctlr"), pa=self.ram.page_pa(int(run[0])),
-                            size=len(run) * PAGE, message=HAZARD_KINDS[kind][2])
-                f.ipa = ipa_of(run[0]) if ipa_of else self._ipa(int(run[0]))
+                            ctx.get("sctlr"), ipa=self._ipa(int(run[0])),
+                            pa=self.ram.page_pa(int(run[0])), size=len(run) * PAGE,
+                            message=HAZARD_KINDS[kind][2])
                 f.covered_by, f.observed = self._coverage(name, fires, rules, run)
                 w.findings.append(f)
 
-    def _coverage(self, name, fires, rules, run):
-        covered, observed = [], None
+    def _coverage(self, name, fires, rules, run) -> tuple[list[str], bool | None]:
+        """(rules of the other policies under which the hazard did not fire, whether the
+        traced hypervisor's own maintenance covered it); ``run`` is the finding's pages, or
+        None for a hazard that is not about pages (``fires`` then holds booleans)."""
+        covered, observed = set(), None
         for other, hit in fires.items():
-            clear = not np.isin(run, hit).any() if isinstance(hit, np.ndarray) else not hit
+            clear = (not hit) if run is None else not np.isin(run, hit).any()
             if other == OBSERVED:
                 observed = clear
             elif other not in (name, "none") and clear:
-                covered += [r for r in (rules[other] if isinstance(hit, np.ndarray)
-                                        else rules[other]) if r]
-        return sorted(set(covered)), observed
-
-    def _emit(self, kind, fires: dict[str, bool], rules, ctx) -> list[Finding]:
-        made = []
-        for name, w in self.worlds.items():
-            if not fires[name]:
-                continue
-            f = Finding(kind, ctx["seq"], ctx["vcpu"], ctx["pc"], ctx["el"], ctx["sctlr"],
-                        size=ctx["size"], message=ctx["message"])
-            f.covered_by = sorted({r for o, fired in fires.items() if not fired
-                                   and o not in (name, "none", OBSERVED) for r in rules[o]
-                                   if r})
-            f.observed = (not fires[OBSERVED]) if OBSERVED in fires else None
-            w.findings.append(f)
-            made.append(f)
-        return made
+                covered.update(r for r in rules[other] if r)
+        return sorted(covered), observed
 
     def _ipa(self, page_index: int) -> int:
         pa = self.ram.page_pa(page_index)
