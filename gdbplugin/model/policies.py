@@ -98,8 +98,37 @@ class Rfc2013(Policy):
         return out
 
 
-class Kvm(Policy):
-    """Upstream KVM/arm64 without FEAT_S2FWB (arch/arm64/kvm)."""
+class _TrapsVmRegisters(Policy):
+    """What KVM and Xen share: guest set/way operations trapped (HCR_EL2.TSW) and turned into
+    a flush of the whole VM that arms HCR_EL2.TVM, and, while TVM traps SCTLR_EL1 writes, a
+    flush whenever M&C change, TVM being dropped once the caches are on."""
+
+    TOGGLE_RULE = SET_WAY_RULE = ""
+
+    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
+        out = []
+        if self.tvm[vcpu]:
+            if was_on != now_on:
+                out = [Action(self.TOGGLE_RULE, CLEAN_INVAL, SCOPE_VM)]
+            if now_on:
+                self.tvm[vcpu] = False
+        return out
+
+    def on_set_way(self, vcpu):
+        if self.tvm[vcpu]:
+            return []
+        self.tvm[vcpu] = True
+        return [Action(self.SET_WAY_RULE, CLEAN_INVAL, SCOPE_VM)]
+
+    def traps_set_way(self):
+        return self.SET_WAY_RULE
+
+
+class Kvm(_TrapsVmRegisters):
+    """Upstream KVM/arm64 without FEAT_S2FWB (arch/arm64/kvm).  The set/way and toggle
+    behaviour is kvm_set_way_flush and kvm_toggle_cache (arch/arm64/kvm/mmu.c)."""
+
+    TOGGLE_RULE, SET_WAY_RULE = "kvm.flush-on-cache-toggle", "kvm.trap-set-way"
 
     name = "kvm"
     RULES = {
@@ -132,29 +161,12 @@ class Kvm(Policy):
     def on_unmap(self, pa, size):
         return [Action("kvm.clean-on-unmap", CLEAN_INVAL, SCOPE_RANGE, pa, size)]
 
-    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
-        """kvm_toggle_cache: flush when M&C change while TVM traps; drop TVM once on."""
-        out = []
-        if self.tvm[vcpu]:
-            if was_on != now_on:
-                out = [Action("kvm.flush-on-cache-toggle", CLEAN_INVAL, SCOPE_VM)]
-            if now_on:
-                self.tvm[vcpu] = False
-        return out
 
-    def on_set_way(self, vcpu):
-        """kvm_set_way_flush: flush the VM and arm TVM, unless TVM is already armed."""
-        if self.tvm[vcpu]:
-            return []
-        self.tvm[vcpu] = True
-        return [Action("kvm.trap-set-way", CLEAN_INVAL, SCOPE_VM)]
+class Xen(_TrapsVmRegisters):
+    """Xen on Arm (xen/arch/arm).  Set/way and toggles: p2m_set_way_flush and
+    p2m_toggle_cache (arch/arm/p2m.c); TVM is armed only by a set/way operation."""
 
-    def traps_set_way(self):
-        return "kvm.trap-set-way"
-
-
-class Xen(Policy):
-    """Xen on Arm (xen/arch/arm)."""
+    TOGGLE_RULE, SET_WAY_RULE = "xen.flush-on-toggle", "xen.trap-set-way"
 
     name = "xen"
     RULES = {
@@ -174,24 +186,6 @@ class Xen(Policy):
         if source == "load":
             return [Action("xen.builder-flush", CLEAN_INVAL, SCOPE_RANGE, pa, size)]
         return []
-
-    def on_sctlr(self, vcpu, was_on, now_on, mmu_now):
-        out = []
-        if self.tvm[vcpu]:
-            if was_on != now_on:
-                out = [Action("xen.flush-on-toggle", CLEAN_INVAL, SCOPE_VM)]
-            if now_on:
-                self.tvm[vcpu] = False
-        return out
-
-    def on_set_way(self, vcpu):
-        if self.tvm[vcpu]:
-            return []
-        self.tvm[vcpu] = True
-        return [Action("xen.trap-set-way", CLEAN_INVAL, SCOPE_VM)]
-
-    def traps_set_way(self):
-        return "xen.trap-set-way"
 
 
 class Fwb(Kvm):
