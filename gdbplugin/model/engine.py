@@ -143,6 +143,7 @@ class Replay:
         self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
+        self._open_first_map: dict[str, tuple] = {}   # world -> (finding, its run's outcome)
 
     # -- driving ------------------------------------------------------------------------
     def run(self, trace) -> Result:
@@ -563,6 +564,7 @@ class Replay:
         if faults.size:
             self.last_fault_vcpu = int(ev["vcpu"][faults[-1]])
         exec_map = np.zeros(maps.size, dtype=bool)
+        ctx = [(None, None)] * maps.size     # (pc, el) of the fault each map answers
         ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         exec_code = E.ACCESS.index("exec")
         for v in np.unique(np.concatenate([vcpu, ev["vcpu"][faults]])).tolist():
@@ -579,18 +581,25 @@ class Replay:
                 exec_prev = (k < 0) & (prev is not None and prev[2] == "exec") \
                     & (ipa_page[maps[sel]] == (prev[3] if prev else -1))
                 exec_map[sel] = exec_in | exec_prev
+                for j, kk in zip(sel.tolist(), k.tolist()):
+                    ctx[j] = self._fault_ctx(ev, int(mine[kk])) if kk >= 0 else \
+                        (prev[:2] if prev else (None, None))
             if mine.size:
                 i = int(mine[-1])
-                present = int(ev["present"][i])
-                self.last_fault[v] = (
-                    int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
-                    int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None,
-                    E.ACCESS[ev["access"][i]], int(ipa_page[i]))
+                self.last_fault[v] = (*self._fault_ctx(ev, i), E.ACCESS[ev["access"][i]],
+                                      int(ipa_page[i]))
         self.maps += maps.size
         if maps.size:
-            self._maps(ev[maps], vcpu, exec_map)
+            self._maps(ev[maps], vcpu, exec_map, ctx)
 
-    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, exec_map: np.ndarray) -> None:
+    @staticmethod
+    def _fault_ctx(ev, i: int) -> tuple[int | None, int | None]:
+        present = int(ev["present"][i])
+        return (int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
+                int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None)
+
+    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, exec_map: np.ndarray, ctx: list
+              ) -> None:
         size = np.maximum(ev["size"], np.uint64(1))
         npages = ((ev["addr"] + size + np.uint64(PAGE - 1)) >> np.uint64(PAGE_SHIFT)) \
             - (ev["addr"] >> np.uint64(PAGE_SHIFT))
@@ -620,10 +629,11 @@ class Replay:
         order = np.sort(first_idx)            # each page once, in event order
         repeat = np.setdiff1d(np.arange(page.size), order)
         self._map_pages(page[order], memattr[order], vc_of[order], first[order], ipa[order],
-                        ev["seq"][rep[order]], all_off)
+                        ev["seq"][rep[order]], all_off, lambda i: ctx[rep[order[i]]])
         for i in repeat.tolist():            # the rare page mapped twice in one run
             self._map_pages(page[i:i + 1], memattr[i:i + 1], vc_of[i:i + 1], first[i:i + 1],
-                            ipa[i:i + 1], ev["seq"][rep[i:i + 1]], all_off)
+                            ipa[i:i + 1], ev["seq"][rep[i:i + 1]], all_off,
+                            lambda _, i=i: ctx[rep[i]])
         # Maintenance calls: one per map event (a block is cleaned in one call), and an
         # I-cache invalidation for each map an instruction fetch faulted in.
         events_with_ram = np.unique(rep)
@@ -639,8 +649,8 @@ class Replay:
                 for a in w.policy.on_exec_fault():
                     self.apply(w, a, x_pages, ops=n_exec)
 
-    def _map_pages(self, page, memattr, vc_of, first, ipa, seqs, all_off) -> None:
-        fires, rules = {}, {}
+    def _map_pages(self, page, memattr, vc_of, first, ipa, seqs, all_off, fault_ctx) -> None:
+        fires = {}
         cacheable_of = {}
         for name, w in self.worlds.items():
             ok = np.zeros(page.size, dtype=bool)
@@ -655,11 +665,9 @@ class Replay:
                     for a in w.policy.on_map(vc.caches_on, all_off):
                         self.apply(w, a, page[sel], ops=0)   # counted per event in _maps
             cacheable_of[name] = ok
-            hit = first & ~ok & w.cache.pages_with("dirty", page)
-            fires[name] = page[hit]
-            rules[name] = self._rules_for(w, "first-map-uncached", page)
-        if any(f.size for f in fires.values()):
-            self._emit_first_maps(fires, rules, page, vc_of, ipa, seqs)
+            fires[name] = first & ~ok & w.cache.pages_with("dirty", page)
+        if any(f.any() for f in fires.values()):
+            self._emit_first_maps(fires, page, vc_of, ipa, seqs, fault_ctx)
         for name, w in self.worlds.items():
             ok = cacheable_of[name]
             w.cache.set_pages(["dirty"], page[ok])
@@ -668,28 +676,44 @@ class Replay:
         self.ever_mapped[page] = True
         self.memattr[page] = memattr
 
-    def _emit_first_maps(self, fires, rules, page, vc_of, ipa, seqs) -> None:
-        """first-map-uncached findings: runs of pages mapped one after another by one vCPU."""
-        pos = {int(p): i for i, p in enumerate(page.tolist())}
-        for name, w in self.worlds.items():
-            hit = fires[name]
-            if not hit.size:
+    def _emit_first_maps(self, fires, page, vc_of, ipa, seqs, fault_ctx) -> None:
+        """first-map-uncached findings: runs of contiguous pages mapped one after another by
+        one vCPU with the same outcome in every world.  A run continues the world's previous
+        finding when it extends it, so findings do not depend on how events were batched."""
+        names = list(self.worlds)
+        outcome = np.stack([fires[n] for n in names], axis=1)      # page x world
+        for col, (name, w) in enumerate(self.worlds.items()):
+            idx = np.flatnonzero(outcome[:, col])
+            if not idx.size:
                 continue
-            at = np.array([pos[int(p)] for p in hit.tolist()])
-            brk = np.ones(at.size, dtype=bool)
-            brk[1:] = (np.diff(hit) != 1) | (vc_of[at[1:]] != vc_of[at[:-1]])
+            brk = np.ones(idx.size, dtype=bool)
+            brk[1:] = ((page[idx[1:]] != page[idx[:-1]] + 1) | (vc_of[idx[1:]] != vc_of[idx[:-1]])
+                       | (outcome[idx[1:]] != outcome[idx[:-1]]).any(axis=1))
             starts = np.flatnonzero(brk)
-            for s, e in zip(starts.tolist(), np.append(starts[1:], at.size).tolist()):
-                run = hit[s:e]
-                i0 = at[s]
+            for s0, e0 in zip(starts.tolist(), np.append(starts[1:], idx.size).tolist()):
+                i0 = int(idx[s0])
+                run = page[idx[s0:e0]]
+                sig = tuple(outcome[i0].tolist())
+                fired = dict(zip(names, sig))
+                covered = {r for other, ow in self.worlds.items() if not fired[other]
+                           and other not in (name, "none", OBSERVED)
+                           for r in self._rules_for(ow, "first-map-uncached", run)}
                 v = int(vc_of[i0])
-                pc, el = self.last_fault.get(v, (None, None))[:2]
+                pa = self.ram.page_pa(int(run[0]))
+                last = self._open_first_map.get(name)
+                if last is not None and w.findings and w.findings[-1] is last[0] \
+                        and last[1] == (v, sig) and last[0].pa + last[0].size == pa:
+                    last[0].size += len(run) * PAGE
+                    last[0].covered_by = sorted(set(last[0].covered_by) | covered)
+                    continue
+                pc, el = fault_ctx(i0)
                 f = Finding("first-map-uncached", int(seqs[i0]), v, pc, el,
-                            self.vcpus[v].sctlr, ipa=int(ipa[i0]) << PAGE_SHIFT,
-                            pa=self.ram.page_pa(int(run[0])), size=len(run) * PAGE,
+                            self.vcpus[v].sctlr, ipa=int(ipa[i0]) << PAGE_SHIFT, pa=pa,
+                            size=len(run) * PAGE, covered_by=sorted(covered),
+                            observed=(not fired[OBSERVED]) if OBSERVED in fired else None,
                             message=HAZARD_KINDS["first-map-uncached"][2])
-                f.covered_by, f.observed = self._coverage(name, fires, rules, run)
                 w.findings.append(f)
+                self._open_first_map[name] = (f, (v, sig))
 
     # -- end of run -----------------------------------------------------------------------
     def finish(self) -> None:

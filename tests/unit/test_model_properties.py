@@ -14,7 +14,7 @@ from gdbplugin.model.engine import Replay
 from gdbplugin.model.trace import TraceWriter, read_trace
 
 BASE, SIZE, PAGES = 0x4000_0000, 64 * 4096, 64
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 SCTLR_VALUES = [0, 0x1000, 0x1005, 0x5, 0x1001]
 
 

@@ -40,7 +40,7 @@ def test_seed1_first_map_uncached():
     (f,) = kinds(r, "none", "first-map-uncached")
     # The two pages are contiguous and were mapped by the same vCPU: one finding.
     assert (f.pa, f.size, f.vcpu, f.seq) == (0x4020_0000, 2 * PAGE, 0, 4)
-    assert f.pc == 0x4020_0004 and f.el == 1     # the latest fault's context
+    assert f.pc == 0x4020_0000 and f.el == 1     # the fault that first mapped the run
     assert set(f.covered_by) == {"rfc2013.clean-first-map-uncached",
                                  "kvm.clean-on-translation-fault",
                                  "xen.builder-flush", "fwb.force-write-back"}
