@@ -564,7 +564,8 @@ class Replay:
         if faults.size:
             self.last_fault_vcpu = int(ev["vcpu"][faults[-1]])
         exec_map = np.zeros(maps.size, dtype=bool)
-        ctx = [(None, None)] * maps.size     # (pc, el) of the fault each map answers
+        # (pc, el) of the fault each map answers; -1 where unknown.
+        ctx = np.full((maps.size, 2), -1, dtype=np.int64)
         ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         exec_code = E.ACCESS.index("exec")
         for v in np.unique(np.concatenate([vcpu, ev["vcpu"][faults]])).tolist():
@@ -581,9 +582,16 @@ class Replay:
                 exec_prev = (k < 0) & (prev is not None and prev[2] == "exec") \
                     & (ipa_page[maps[sel]] == (prev[3] if prev else -1))
                 exec_map[sel] = exec_in | exec_prev
-                for j, kk in zip(sel.tolist(), k.tolist()):
-                    ctx[j] = self._fault_ctx(ev, int(mine[kk])) if kk >= 0 else \
-                        (prev[:2] if prev else (None, None))
+                prev_ctx = [-1 if x is None else x for x in (prev[:2] if prev else (None, None))]
+                ctx[sel] = prev_ctx
+                if mine.size:
+                    got = np.flatnonzero(k >= 0)
+                    f = mine[k[got]]
+                    present = ev["present"][f]
+                    ctx[sel[got], 0] = np.where(present & E.OPTIONAL_BIT["pc"],
+                                                ev["pc"][f].astype(np.int64), -1)
+                    ctx[sel[got], 1] = np.where(present & E.OPTIONAL_BIT["el"],
+                                                ev["el"][f].astype(np.int64), -1)
             if mine.size:
                 i = int(mine[-1])
                 self.last_fault[v] = (*self._fault_ctx(ev, i), E.ACCESS[ev["access"][i]],
@@ -598,7 +606,7 @@ class Replay:
         return (int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
                 int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None)
 
-    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, exec_map: np.ndarray, ctx: list
+    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, exec_map: np.ndarray, ctx: np.ndarray
               ) -> None:
         size = np.maximum(ev["size"], np.uint64(1))
         npages = ((ev["addr"] + size + np.uint64(PAGE - 1)) >> np.uint64(PAGE_SHIFT)) \
@@ -629,11 +637,11 @@ class Replay:
         order = np.sort(first_idx)            # each page once, in event order
         repeat = np.setdiff1d(np.arange(page.size), order)
         self._map_pages(page[order], memattr[order], vc_of[order], first[order], ipa[order],
-                        ev["seq"][rep[order]], all_off, lambda i: ctx[rep[order[i]]])
+                        ev["seq"][rep[order]], all_off, lambda i: _known(ctx[rep[order[i]]]))
         for i in repeat.tolist():            # the rare page mapped twice in one run
             self._map_pages(page[i:i + 1], memattr[i:i + 1], vc_of[i:i + 1], first[i:i + 1],
                             ipa[i:i + 1], ev["seq"][rep[i:i + 1]], all_off,
-                            lambda _, i=i: ctx[rep[i]])
+                            lambda _, i=i: _known(ctx[rep[i]]))
         # Maintenance calls: one per map event (a block is cleaned in one call), and an
         # I-cache invalidation for each map an instruction fetch faulted in.
         events_with_ram = np.unique(rep)
@@ -737,6 +745,10 @@ class Replay:
                                    for w in self.worlds.values()) + self.mapped.nbytes
                 + self.ever_mapped.nbytes + self.memattr.nbytes,
                 "cost": {n: w.cost.as_dict() for n, w in self.worlds.items()}}
+
+
+def _known(pair) -> tuple[int | None, int | None]:
+    return tuple(None if x < 0 else int(x) for x in pair)
 
 
 def _runs(pages: np.ndarray):
