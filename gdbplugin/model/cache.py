@@ -38,9 +38,6 @@ class RamMap:
         self.ranges = ranges
         self.single = len(ranges) == 1
 
-    def contains(self, pa: int, size: int = 1) -> bool:
-        return any(b <= pa and pa + size <= b + s for b, s in self.ranges)
-
     def page_index(self, pa):
         """Global page index of PA(s) (int or array), -1 where not RAM."""
         arr = np.asarray(pa, dtype=np.uint64)

@@ -110,3 +110,16 @@ def test_hcr_cd_and_shareability_normalisation():
     # Non-cacheable and Device memory is always Outer Shareable (D8.6.2).
     assert M.effective(MMU_ON_NO_C, HCR_VM, WB, 0xF).sh == "OSH"
     assert M.effective(MMU_ON_C_I, HCR_VM, WB, 0xF).sh == "ISH"
+
+
+def test_render_names_fields_and_shows_addresses_in_place():
+    from rich.console import Console
+
+    from gdbplugin.arch.sysregs import VTTBR_EL2
+    console = Console(width=100, record=True)
+    console.print(VTCR_EL2.render(0x80243520))
+    console.print(VTTBR_EL2.render(0x2A000040400001))
+    text = console.export_text()
+    assert "T0SZ" in text and "0x20" in text and "PS" in text and "SL0" not in text
+    assert "0x40400000" in text and "VMID" in text and "0x2a" in text
+    assert VTTBR_EL2.describe(0x7F609001) == "VTTBR_EL2=0x7f609001 [BADDR=0x7f609000 CnP]"

@@ -202,7 +202,7 @@ def test_fuzz_no_exception_escapes():
     rng = np.random.default_rng(2026)
     seen_errors = set()
     walked = 0
-    for i in range(FUZZ_IMAGES):
+    for _ in range(FUZZ_IMAGES):
         size = int(rng.choice([0x1000, 0x2000, 0x4000]))
         img = _random_image(rng, size)
         reg = _random_registers(rng)
