@@ -25,6 +25,11 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def _console() -> Console:
+    """Wide enough for the tables when the output is a pipe or a narrow terminal."""
+    return Console(width=max(Console().width, 120))
+
+
 def _int(text: str) -> int:
     try:
         value = int(text, 0)
@@ -69,7 +74,7 @@ def cmd_walk(args) -> int:
         _write_json(args.json, report)
     if args.json != "-":
         from .ui.console import print_walk
-        print_walk(Console(), "", regime, mappings, errors)
+        print_walk(_console(), "", regime, mappings, errors)
     return EXIT_FINDINGS if errors else EXIT_OK
 
 
@@ -94,7 +99,7 @@ def cmd_inspect(args) -> int:
 
     if (args.mem_file is None) != (args.mem_base is None):
         raise UsageError("--mem-file and --mem-base go together")
-    console = Console()
+    console = _console()
     try:
         gdb = GdbMI()
     except TargetError as exc:
@@ -138,7 +143,7 @@ def cmd_replay(args) -> int:
     if policy not in POLICIES:
         raise UsageError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     result = Replay(trace.header).run(trace)
-    console = Console()
+    console = _console()
     if args.json != "-":
         if args.compare:
             print_compare(console, result)
