@@ -150,3 +150,13 @@ def test_replay_is_deterministic(name):
     for p in POLICIES:
         assert [f.as_dict() for f in a.findings(p)] == [f.as_dict() for f in b.findings(p)]
     assert a.stats == b.stats
+
+
+def test_shim_rule_ids_are_the_models():
+    """The shim reports which rule each maintenance operation carried out; those names must be
+    the model's, or a traced run could not be matched against the policies."""
+    from gdbplugin.model.policies import POLICIES
+    from gdbplugin.shim.ring import RULES
+    model = {r for p in POLICIES.values() for r in p.RULES}
+    maintenance = {r for r in RULES.values() if r and ".tvm-" not in r and r != "observe"}
+    assert maintenance <= model, maintenance - model

@@ -1,0 +1,305 @@
+"""Loading the reference shim: the parameter block and the QEMU options around it.
+
+The shim (built by ``scripts/build-shim`` into ``build/shim/``) is QEMU's ``-kernel`` on
+``-M virt,virtualization=on``: an arm64 Image QEMU loads at 0x40200000 and enters at EL2 with
+x0 = DTB.  The payload (a Linux Image, or any raw AArch64 program) goes in with
+``-device loader,file=...,addr=...,force-raw=on``; QEMU still places ``-initrd`` and the DTB and
+fills /chosen for it.  The policy and the other choices travel in a parameter block at the
+ELF symbol ``shim_params`` (the page below the image), one ``-device loader,data=...`` per
+64-bit word, so nothing is rebuilt to change them.  Layout: ``struct params`` in shim.h.
+"""
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.elf.elffile import ELFFile
+
+from ..target.qemu import Loader, QemuConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = ROOT / "build" / "shim"
+BUILD_SCRIPT = ROOT / "scripts" / "build-shim"
+UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")       # Debian's u-boot-qemu
+
+PARAMS_MAGIC = 0x31504D4948533253          # "S2SHIMP1"
+PARAMS_VERSION = 1
+POLICIES = {"none": 0, "rfc2013": 1, "kvm": 2, "xen": 3, "fwb": 4}
+RING_FULL = {"halt": 0, "wait": 1, "drop": 2}
+FLAG_BLOCKS, FLAG_POWEROFF, FLAG_QUIET, FLAG_TRAP_CMO = 1, 2, 4, 8
+PAYLOAD_ADDR = 0x40400000                  # default load address of the payload (RAM + 4 MiB)
+LINK_BASE = 0x40200000
+
+
+class ShimError(Exception):
+    """The shim is missing, cannot be built, or was given impossible parameters."""
+
+
+def build(quiet: bool = True) -> None:
+    """Run scripts/build-shim (idempotent, silent when up to date)."""
+    proc = subprocess.run([str(BUILD_SCRIPT)], capture_output=True, text=True)
+    if proc.returncode:
+        raise ShimError(f"scripts/build-shim failed:\n{proc.stderr.strip()}")
+    if not quiet and proc.stdout.strip():
+        print(proc.stdout.strip())
+
+
+@dataclass(frozen=True)
+class ShimImage:
+    """The built shim: the Image for ``-kernel``, the ELF for gdb, and its symbols."""
+
+    bin: Path
+    elf: Path
+    symbols: dict[str, int]
+
+    @classmethod
+    def load(cls, directory: Path = BUILD, build_first: bool = True) -> "ShimImage":
+        if build_first:
+            build()
+        elf, image = directory / "shim.elf", directory / "shim.bin"
+        if not elf.is_file() or not image.is_file():
+            raise ShimError(f"{directory} holds no shim.elf/shim.bin: run scripts/build-shim")
+        with elf.open("rb") as f:
+            symtab = ELFFile(f).get_section_by_name(".symtab")
+            symbols = {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
+        if symbols.get("_start") != LINK_BASE:
+            raise ShimError(f"{elf}: _start is not at {LINK_BASE:#x}")
+        return cls(image, elf, symbols)
+
+    @property
+    def params_addr(self) -> int:
+        return self.symbols["shim_params"]
+
+    def offset(self, symbol: str) -> int:
+        """Offset of a symbol from _start: the running address is header.shim_base + this."""
+        return self.symbols[symbol] - LINK_BASE
+
+    def layout(self, ram_base: int, ram_size: int, params: "ShimParams") -> "Layout":
+        """Where the shim will put itself (boot_main in main.c, same arithmetic), for a RAM
+        of ``ram_size`` at ``ram_base`` (one memory node): lets a debugger plant breakpoints
+        at relocated symbols before the guest runs."""
+        def up(x, a):
+            return (x + a - 1) // a * a
+        image = up(self.symbols["_end"] - LINK_BASE, 0x10000)
+        ring = up(params.ring_records * 64, 0x10000)
+        pool = up(params.pool_size, 4096) if params.pool_size else up(ram_size // 256 + (1 << 20),
+                                                                      4096)
+        end = ram_base + ram_size
+        base = (end - (image + ring + pool)) // (2 << 20) * (2 << 20)
+        return Layout(carve_base=base, carve_size=end - base, guest_ram_end=base,
+                      ring_header=base + self.offset("shim_ring"), records=base + image,
+                      pool_base=base + image + ring, delta=base - LINK_BASE)
+
+
+@dataclass(frozen=True)
+class Layout:
+    carve_base: int
+    carve_size: int
+    guest_ram_end: int
+    ring_header: int
+    records: int
+    pool_base: int
+    delta: int                     # running address of a symbol = link address + delta
+
+
+@dataclass
+class ShimParams:
+    """What ``struct params`` carries (shim.h).  ``hook_kinds``: ring kinds (names, see
+    ring.KINDS) for which the shim calls ``shim_hook`` -- plant a breakpoint there for a
+    synchronous stop.  ``observe``: TVM for observation only (0: as the policy says, 1: until
+    the vCPU's caches are on, 2: always).  ``trap_cmo``: also trap the guest's own cache
+    maintenance by VA (HCR_EL2.TPCP|TPU; more than KVM traps) and record it as ``guest-cmo``."""
+
+    policy: str = "kvm"
+    entry: int = PAYLOAD_ADDR
+    blocks: bool = False
+    poweroff_on_fatal: bool = False
+    quiet: bool = False
+    ring_records: int = 1 << 17
+    ring_full: str = "halt"
+    observe: int = 1
+    hook_kinds: tuple[str, ...] = ()
+    dtb: int = 0
+    pool_size: int = 0
+    entry_x0: int = 0
+    trap_cmo: bool = False
+
+    def words(self) -> list[int]:
+        from .ring import KIND_IDS
+        if self.policy not in POLICIES:
+            raise ShimError(f"unknown policy {self.policy!r} (one of {', '.join(POLICIES)})")
+        if self.ring_full not in RING_FULL:
+            raise ShimError(f"ring_full must be one of {', '.join(RING_FULL)}")
+        n = self.ring_records
+        if n < 64 or n > 1 << 24 or n & (n - 1):
+            raise ShimError("ring_records must be a power of two in 64..2**24")
+        if self.observe not in (0, 1, 2):
+            raise ShimError("observe must be 0, 1 or 2")
+        mask = 0
+        for kind in self.hook_kinds:
+            if kind not in KIND_IDS:
+                raise ShimError(f"unknown ring kind {kind!r}")
+            mask |= 1 << KIND_IDS[kind]
+        flags = ((FLAG_BLOCKS if self.blocks else 0) |
+                 (FLAG_POWEROFF if self.poweroff_on_fatal else 0) |
+                 (FLAG_QUIET if self.quiet else 0) |
+                 (FLAG_TRAP_CMO if self.trap_cmo else 0))
+        return [PARAMS_MAGIC, PARAMS_VERSION, POLICIES[self.policy], self.entry, flags, n,
+                RING_FULL[self.ring_full], self.observe, mask, self.dtb, self.pool_size,
+                self.entry_x0]
+
+    def pack(self) -> bytes:
+        return b"".join(w.to_bytes(8, "little") for w in self.words())
+
+    def loaders(self, params_addr: int) -> list[Loader]:
+        return [Loader(addr=params_addr + 8 * i, data=w)
+                for i, w in enumerate(self.words())]
+
+
+def shim_config(payload: Path | None, params: ShimParams, *, shim: ShimImage | None = None,
+                payload_addr: int = PAYLOAD_ADDR, initrd: Path | None = None,
+                append: str | None = None, memory: int | str = "512M", smp: int = 1,
+                cpu: str = "max,pauth-impdef=on", machine: str = "virt,virtualization=on",
+                extra: list[str] | None = None, **qemu_kw) -> QemuConfig:
+    """A QemuConfig running ``payload`` (raw, at ``payload_addr``) under the shim."""
+    shim = shim or ShimImage.load()
+    if "virtualization=on" not in machine:
+        raise ShimError("the shim needs -M ...,virtualization=on (it runs at EL2)")
+    loaders = params.loaders(shim.params_addr)
+    if payload is not None:
+        loaders.append(Loader(file=Path(payload), addr=payload_addr, force_raw=True))
+    return QemuConfig(machine=machine, cpu=cpu, memory=memory, smp=smp, kernel=shim.bin,
+                      initrd=initrd, append=append, loaders=loaders,
+                      extra=["-no-reboot", *(extra or [])], **qemu_kw)
+
+
+def uboot_config(params: ShimParams, *, kernel: Path, initrd: Path | None = None,
+                 append: str | None = None, shim: ShimImage | None = None,
+                 bios: Path = UBOOT, memory: int | str = "512M", smp: int = 1,
+                 cpu: str = "max,pauth-impdef=on", machine: str = "virt,virtualization=on",
+                 extra: list[str] | None = None, **qemu_kw) -> QemuConfig:
+    """U-Boot (``-bios``, runs from flash at 0) under the shim, booting ``kernel`` with its
+    default bootcmd (QEMU hands -kernel/-initrd/-append to it through fw_cfg).  The shim goes
+    in as an ELF with ``-device loader,cpu-num=0`` (its entry wins over the reset vector) and
+    finds the DTB QEMU put at the base of RAM."""
+    shim = shim or ShimImage.load()
+    if "virtualization=on" not in machine:
+        raise ShimError("the shim needs -M ...,virtualization=on (it runs at EL2)")
+    from dataclasses import replace
+    params = replace(params, entry=0)
+    loaders = params.loaders(shim.params_addr) + [Loader(file=shim.elf, cpu_num=0)]
+    return QemuConfig(machine=machine, cpu=cpu, memory=memory, smp=smp, bios=bios,
+                      kernel=kernel, initrd=initrd, append=append, loaders=loaders,
+                      extra=["-no-reboot", *(extra or [])], **qemu_kw)
+
+
+class ShimSession:
+    """A QEMU running a payload under the shim, with its ring drained as it goes.
+
+    ``wait()`` returns when the console matches, QEMU exits (the shim forwards the guest's
+    PSCI SYSTEM_OFF; ``-no-reboot`` turns a reset into an exit) or the shim halted on a fatal
+    diagnostic, draining every new ring record into ``events`` meanwhile.  With ``consume``
+    the drain also advances the ring's read index (needed with ``ring_full="wait"``).
+    Everything stays readable after QEMU exited, until ``close()``.
+    """
+
+    def __init__(self, config: QemuConfig, shim: ShimImage | None = None, consume: bool = False,
+                 workdir: Path | None = None):
+        from ..target.qemu import Qemu
+        self.shim = shim or ShimImage.load(build_first=False)
+        self.qemu = Qemu(config, workdir=workdir)
+        self.consume = consume
+        self.events: list = []
+        self._ring = None
+        self.ram_base: int | None = None
+        self.started = None
+
+    def __enter__(self) -> "ShimSession":
+        import time
+        self.qemu.start()
+        self.started = time.monotonic()
+        self.ram_base = self.qemu.ram_base()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._ring is not None:
+            self._ring.close()
+            self._ring = None
+        self.qemu.close()
+
+    @property
+    def returncode(self) -> int | None:
+        proc = self.qemu._proc
+        return None if proc is None else proc.poll()
+
+    def console(self) -> str:
+        try:
+            return self.qemu.serial_log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def ring(self):
+        """The RingReader, once the shim has set its ring up (None before)."""
+        from .ring import RingError, RingReader
+        if self._ring is None:
+            try:
+                self._ring = RingReader(self.qemu.ram_path, self.ram_base, consume=self.consume)
+            except RingError:
+                return None
+        return self._ring
+
+    def drain(self) -> int:
+        ring = self.ring()
+        if ring is None:
+            return 0
+        batch = ring.poll()
+        self.events.extend(batch)
+        return len(batch)
+
+    def wait(self, pattern: str | None = None, timeout: float = 90.0,
+             interval: float = 0.01, stop_on_halt: bool = True) -> str:
+        """'match', 'exit', 'halted' or 'timeout'.  ``stop_on_halt=False`` keeps waiting
+        after a fatal diagnostic (for QEMU to exit, with ``poweroff_on_fatal``)."""
+        import re
+        import time
+        regex = re.compile(pattern) if pattern else None
+        deadline = time.monotonic() + timeout
+        why = "timeout"
+        while time.monotonic() < deadline:
+            exited = self.returncode is not None
+            self.drain()
+            if regex and regex.search(self.console()):
+                why = "match"
+                break
+            ring = self.ring()
+            if stop_on_halt and ring is not None and ring.header().halted:
+                why = "halted"
+                break
+            if exited:
+                why = "exit"
+                break
+            time.sleep(interval)
+        self.drain()
+        return why
+
+    def header(self):
+        ring = self.ring()
+        if ring is None:
+            raise ShimError("the shim never set its ring up (see the console)")
+        return ring.header()
+
+    def address(self, symbol: str) -> int:
+        """Where a shim symbol is now (the shim runs relocated into its carve-out)."""
+        return self.header().shim_base + self.shim.offset(symbol)
+
+    def stage2(self):
+        """A Walker over the guest's stage 2 as it is now (from the RAM file)."""
+        from ..arch.walker import Regime, Walker
+        from ..target.physmem import SharedRam
+        h = self.header()
+        return Walker(Regime.from_vtcr(h.vtcr, h.vttbr, h.hcr),
+                      SharedRam(self.qemu.ram_path, self.ram_base))

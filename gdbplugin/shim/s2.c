@@ -1,0 +1,297 @@
+/*
+ * s2cache shim: the guest's stage 2, built on demand.
+ *
+ * VTCR_EL2: 40-bit IPA (covers virt's whole map, high PCIe included), 4K granule, start level 1
+ * with two concatenated root tables.  A translation fault maps the faulting IPA identity:
+ * a 4 KiB page (or, with PF_BLOCKS, the 2 MiB block of RAM around it), RAM Normal WB
+ * (FWB: forced WB), MMIO Device-nGnRE.  Under kvm and fwb, a page is mapped non-executable
+ * until the guest executes from it (as KVM does), which is when the I-cache gets invalidated.
+ * Anything else -- an IPA outside RAM and the DTB's MMIO windows, a permission or access-flag
+ * fault we did not cause -- is a fatal diagnostic.
+ */
+#include "shim.h"
+
+spinlock_t s2_lock;
+
+#define D_VALID     1UL
+#define D_TABLE     3UL             /* table (levels 1-2) or page (level 3) */
+#define D_BLOCK     1UL
+#define S2_AP_RW    (3UL << 6)
+#define S2_SH_IS    (3UL << 8)
+#define S2_AF       (1UL << 10)
+#define S2_XN       (2UL << 53)     /* XN[1:0] = 0b10: not executable at EL1 nor EL0 */
+#define S2_SW_SHIM  (1UL << 55)     /* software bit: mapped by the shim */
+#define S2_ATTR(x)  ((u64)(x) << 2)
+#define OA_MASK     0x0000fffffffff000UL
+#define ATTR_NORMAL 0xfUL           /* Outer WB, Inner WB */
+#define ATTR_FWB_WB 0x6UL           /* FWB: force Normal WB */
+#define ATTR_DEVICE 0x1UL           /* Device-nGnRE (same with FWB) */
+
+static u64 *root;                   /* 2 concatenated level-1 tables (8 KiB) */
+static u64 pool_next, pool_end;
+
+static u64 *alloc_table(void)
+{
+    if (pool_next + PAGE_SIZE > pool_end)
+        return NULL;
+    u64 *t = (u64 *)pool_next;
+    pool_next += PAGE_SIZE;
+    memset(t, 0, PAGE_SIZE);
+    shim_ring.pool_used = pool_next - shim_ring.pool_base;
+    stat_add(ST_TABLES, 1);
+    return t;
+}
+
+void s2_init(void)
+{
+    pool_next = shim_ring.pool_base;
+    pool_end = shim_ring.pool_base + shim_ring.pool_size;
+    root = alloc_table();
+    u64 *second = alloc_table();        /* the pool starts 8 KiB aligned: concatenated */
+    if (!root || second != root + 512 || ((u64)root & 0x1fff))
+        fatal(this_vcpu(), D_POOL, 0, 0, 0, 0, (u64)root);
+    shim_ring.vtcr = (1UL << 31) | (2UL << 16) | (0UL << 14) | (3UL << 12) | (1UL << 10) |
+                     (1UL << 8) | (1UL << 6) | 24;
+    shim_ring.vttbr = (u64)root | (1UL << 48);          /* VMID 1 */
+    dsb(ish);
+}
+
+/* Entry for `ipa` at `level` (2 or 3), creating the tables above it; NULL: pool exhausted.
+ * *block_above is set when a level-2 walk meets a block (level 3 impossible). */
+static u64 *walk(u64 ipa, int level, bool *block_above)
+{
+    u64 *e = &root[(ipa >> 30) & 0x3ff];
+    *block_above = false;
+    for (int lv = 1; lv < level; lv++) {
+        u64 d = *e;
+        if (!(d & D_VALID)) {
+            u64 *t = alloc_table();
+            if (!t)
+                return NULL;
+            dsb(ishst);
+            *e = (u64)t | D_TABLE;
+            d = *e;
+        } else if ((d & 3) == D_BLOCK) {
+            *block_above = true;
+            return e;
+        }
+        u64 *next = (u64 *)(d & OA_MASK);
+        e = &next[(ipa >> (lv == 1 ? 21 : 12)) & 0x1ff];
+    }
+    return e;
+}
+
+/* Leaf entry mapping `ipa` (any level), or NULL. */
+static u64 *leaf_of(u64 ipa, u64 *size)
+{
+    u64 *e = &root[(ipa >> 30) & 0x3ff];
+    for (int lv = 1; lv <= 3; lv++) {
+        u64 d = *e;
+        if (!(d & D_VALID))
+            return NULL;
+        if (lv == 3 || (d & 3) == D_BLOCK) {
+            *size = lv == 3 ? PAGE_SIZE : lv == 2 ? BLOCK_SIZE : 1UL << 30;
+            return e;
+        }
+        u64 *next = (u64 *)(d & OA_MASK);
+        e = &next[(ipa >> (lv == 1 ? 21 : 12)) & 0x1ff];
+    }
+    return NULL;
+}
+
+bool ipa_is_ram(u64 ipa)
+{
+    return ipa >= cfg.ram_base && ipa < cfg.ram_end;
+}
+
+int mmio_find(u64 ipa)
+{
+    for (u64 i = 0; i < cfg.mmio_count; i++)
+        if (ipa >= cfg.mmio[i][0] && ipa - cfg.mmio[i][0] < cfg.mmio[i][1])
+            return (int)i;
+    return -1;
+}
+
+void dcache_clean_inval(u64 pa, u64 size)
+{
+    u64 line = cfg.dminline;
+    for (u64 a = ALIGN_DOWN(pa, line); a < pa + size; a += line)
+        __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
+    dsb(sy);
+    stat_add(ST_DC_BYTES, size);
+}
+
+void icache_inval(u64 pa, u64 size)
+{
+    u64 line = cfg.iminline;
+    for (u64 a = ALIGN_DOWN(pa, line); a < pa + size; a += line)
+        __asm__ volatile("ic ivau, %0" : : "r"(a) : "memory");
+    dsb(ish);
+    isb();
+    stat_add(ST_IC_OPS, 1);
+}
+
+/* After relaxing permissions (XN -> X): local invalidation only, as KVM's
+ * kvm_pgtable_stage2_relax_perms (__kvm_tlb_flush_vmid_ipa_nsh, current kernels): another vCPU holding the old entry takes a spurious
+ * permission fault at worst, which s2_handle_abort resolves. */
+static void tlb_inval_ipa_local(u64 ipa)
+{
+    dsb(ishst);
+    __asm__ volatile("tlbi ipas2e1, %0" : : "r"(ipa >> 12) : "memory");
+    dsb(nsh);
+    __asm__ volatile("tlbi vmalle1" : : : "memory");
+    dsb(nsh);
+    isb();
+}
+
+static u8 el_of(u64 spsr)
+{
+    return (spsr & 0x10) ? 0 : (spsr >> 2) & 3;       /* AArch32 state: EL0 under us */
+}
+
+/* The guest executes from a page we mapped non-executable: make it executable. */
+static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, bool normal)
+{
+    *e &= ~S2_XN;
+    tlb_inval_ipa_local(base);
+    stat_add(ST_EXEC_GRANT, 1);
+    emit(K_S2_PERM, v, el, A_EXEC, normal ? MT_NORMAL : MT_DEVICE, PERM_R | PERM_W | PERM_X,
+         pc, 0, base, *e & OA_MASK, size, 0);
+    emit(K_TLBI, v, 2, A_NONE, 1, 0, pc, 0, base, 0, size, 0);
+    policy_on_exec(v, base, size, pc);
+}
+
+void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
+{
+    (void)f;
+    u64 far = read_sysreg(far_el2), hpfar = read_sysreg(hpfar_el2);
+    u64 pc = read_sysreg(elr_el2), spsr = read_sysreg(spsr_el2);
+    u8 el = el_of(spsr);
+    u64 fsc = esr & 0x3f;
+    bool s1ptw = esr & (1UL << 7);
+    bool fnv = !iabt && (esr & (1UL << 10));
+    bool wnr = !iabt && (esr & (1UL << 6));
+    u64 page = ((hpfar >> 4) & ((1UL << 40) - 1)) << 12;
+    u64 ipa = page | ((s1ptw || fnv) ? 0 : (far & 0xfff));
+    u8 access = s1ptw ? (wnr ? A_WRITE : A_READ) : iabt ? A_EXEC : wnr ? A_WRITE : A_READ;
+    u16 flags = (s1ptw ? FAULT_S1PTW : 0) | (fnv ? FAULT_FNV : 0) | (wnr ? FAULT_WRITE : 0);
+    int problem = 0;
+
+    stat_add(iabt ? ST_IABT : ST_DABT, 1);
+    spin_lock(&s2_lock);
+    emit(K_S2_FAULT, v, el, access, fsc, flags, pc, esr, ipa, ipa, 0, fnv ? 0 : far);
+
+    bool normal = ipa_is_ram(page);
+    bool device = !normal && mmio_find(page) >= 0;
+    u64 type = fsc & 0x3c;
+    if (type == 0x04) {                                 /* translation fault, levels 0-3 */
+        if (!normal && !device) {
+            problem = page >= cfg.carve_base && page < cfg.carve_base + cfg.carve_size
+                      ? D_SHIM_MEMORY : D_OUTSIDE;
+            goto out;
+        }
+        bool blocks = normal && (cfg.flags & PF_BLOCKS) &&
+                      ALIGN_DOWN(page, BLOCK_SIZE) >= cfg.ram_base &&
+                      ALIGN_DOWN(page, BLOCK_SIZE) + BLOCK_SIZE <= cfg.ram_end;
+        int level = blocks ? 2 : 3;
+        bool block_above;
+        u64 *e = walk(page, level, &block_above);
+        if (e && level == 2 && (*e & 3) == D_TABLE) {  /* pages there already: stay pages */
+            level = 3;
+            e = walk(page, 3, &block_above);
+        }
+        if (!e) {
+            problem = D_POOL;
+            goto out;
+        }
+        u64 size = level == 2 ? BLOCK_SIZE : PAGE_SIZE;
+        if (block_above) {
+            size = BLOCK_SIZE;
+            level = 2;
+        }
+        u64 base = ALIGN_DOWN(page, size);
+        if (*e & D_VALID) {                             /* another vCPU was first */
+            stat_add(ST_SPURIOUS, 1);
+            if (access == A_EXEC && (*e & S2_XN))
+                grant_exec(v, e, base, size, el, pc, normal);
+            goto out;
+        }
+        bool exec = access == A_EXEC || !policy_exec_on_demand();
+        u64 attr = normal ? (policy_fwb() ? ATTR_FWB_WB : ATTR_NORMAL) : ATTR_DEVICE;
+        u64 d = base | S2_AF | S2_SH_IS | S2_AP_RW | S2_ATTR(attr) | S2_SW_SHIM |
+                (exec ? 0 : S2_XN) | (level == 3 ? D_TABLE : D_BLOCK);
+        *e = d;
+        dsb(ishst);
+        stat_add(normal ? ST_MAP_NORMAL : ST_MAP_DEVICE, 1);
+        emit(K_S2_MAP, v, el, access, normal ? MT_NORMAL : MT_DEVICE,
+             PERM_R | PERM_W | (exec ? PERM_X : 0), pc, esr, base, base, size, 0);
+        policy_on_map(v, base, size, normal, exec && access == A_EXEC, pc);
+    } else if (type == 0x0c) {                          /* permission fault */
+        u64 size;
+        u64 *e = leaf_of(page, &size);
+        if (e && access == A_EXEC && (*e & S2_XN)) {
+            grant_exec(v, e, ALIGN_DOWN(page, size), size, el, pc, normal);
+        } else if (e && access == A_EXEC) {
+            stat_add(ST_SPURIOUS, 1);                   /* another vCPU granted it: our */
+            tlb_inval_ipa_local(page);                  /* TLB may still hold XN */
+        } else {
+            problem = D_FAULT_STATUS;
+        }
+    } else if (type == 0x00) {                          /* address size: beyond 40 bits */
+        problem = D_OUTSIDE;
+    } else {
+        problem = D_FAULT_STATUS;
+    }
+out:
+    spin_unlock(&s2_lock);
+    if (problem)
+        fatal(v, problem, pc, esr, ipa, far, fsc);
+}
+
+/* Clean+invalidate every mapped Normal leaf to PoC (KVM stage2_flush_vm, Xen p2m_flush_vm):
+ * one K_FLUSH_VM record for the sweep.  Caller holds no lock. */
+void flush_vm(struct vcpu *v, int rule, u64 pc)
+{
+    u64 lo = ~0UL, hi = 0, bytes = 0, leaves = 0;
+    spin_lock(&s2_lock);
+    for (u64 i = 0; i < 1024; i++) {
+        u64 d1 = root[i];
+        if (!(d1 & D_VALID))
+            continue;
+        u64 *l2 = (u64 *)(d1 & OA_MASK);
+        if ((d1 & 3) == D_BLOCK)
+            continue;                                   /* never made by us */
+        for (u64 j = 0; j < 512; j++) {
+            u64 d2 = l2[j];
+            if (!(d2 & D_VALID))
+                continue;
+            u64 base2 = (i << 30) | (j << 21);
+            if ((d2 & 3) == D_BLOCK) {
+                if (((d2 >> 2) & 0xf) != ATTR_DEVICE) {
+                    dcache_clean_inval(base2, BLOCK_SIZE);
+                    lo = base2 < lo ? base2 : lo;
+                    hi = base2 + BLOCK_SIZE > hi ? base2 + BLOCK_SIZE : hi;
+                    bytes += BLOCK_SIZE;
+                    leaves++;
+                }
+                continue;
+            }
+            u64 *l3 = (u64 *)(d2 & OA_MASK);
+            for (u64 k = 0; k < 512; k++) {
+                u64 d3 = l3[k];
+                if (!(d3 & D_VALID) || ((d3 >> 2) & 0xf) == ATTR_DEVICE)
+                    continue;
+                u64 base3 = base2 | (k << 12);
+                dcache_clean_inval(base3, PAGE_SIZE);
+                lo = base3 < lo ? base3 : lo;
+                hi = base3 + PAGE_SIZE > hi ? base3 + PAGE_SIZE : hi;
+                bytes += PAGE_SIZE;
+                leaves++;
+            }
+        }
+    }
+    stat_add(ST_FLUSH_VM, 1);
+    emit(K_FLUSH_VM, v, 2, A_NONE, DC_CIVAC, (u16)rule, pc, 0, leaves ? lo : 0, hi, bytes,
+         leaves);
+    spin_unlock(&s2_lock);
+}
