@@ -15,7 +15,6 @@ import re
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from ..target.qemu import Qemu, QemuConfig
 from .launch import ROOT, ShimImage, ShimParams, shim_config

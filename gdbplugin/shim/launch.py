@@ -11,7 +11,7 @@ ELF symbol ``shim_params`` (the page below the image), one ``-device loader,data
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile

@@ -137,7 +137,7 @@ def test_each_first_touch_maps_exactly_once(boot):
                 assert page not in mapped, f"{page:#x} mapped twice: {mapped[page]} / {e}"
                 mapped[page] = e
     h = boot.header
-    for vcpu, evs in by_vcpu(boot.events).items():
+    for _vcpu, evs in by_vcpu(boot.events).items():
         for i, e in enumerate(evs):
             if e.kind != "s2-map":
                 continue
@@ -150,7 +150,7 @@ def test_each_first_touch_maps_exactly_once(boot):
                 assert any(b <= e.ipa < b + s for b, s in h.mmio), hex(e.ipa)
     # a fault that maps nothing: another vCPU was first (the shim counts it as spurious)
     unresolved = 0
-    for vcpu, evs in by_vcpu(boot.events).items():
+    for _vcpu, evs in by_vcpu(boot.events).items():
         for i, e in enumerate(evs):
             if e.kind != "s2-fault":
                 continue
@@ -212,7 +212,7 @@ def test_policy_maintenance(boot):
         rule = "kvm.icache-inval-on-exec-fault"       # KVM's rule, FWB keeps it
         assert {e.rule for e in ic} == {rule}
         exec_seqs = {e.seq for e in execs}
-        for vcpu, vevs in by_vcpu(evs).items():
+        for _vcpu, vevs in by_vcpu(evs).items():
             for i, e in enumerate(vevs):
                 if e.seq in exec_seqs:
                     j = i + 1
@@ -224,7 +224,7 @@ def test_policy_maintenance(boot):
         # every new Normal leaf is cleaned+invalidated to PoC right after it is mapped
         normal = [m for m in maps if m.extra["memtype"] == "normal"]
         assert len(dc) == len(normal)
-        for vcpu, vevs in by_vcpu(evs).items():
+        for _vcpu, vevs in by_vcpu(evs).items():
             for i, e in enumerate(vevs):
                 if e.kind == "s2-map" and e.extra["memtype"] == "normal":
                     nxt = vevs[i + 1]
