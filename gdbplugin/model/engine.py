@@ -143,6 +143,7 @@ class Replay:
         self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
+        self.icache_check = None          # (ctx, vcpu) of an I-cache enable to settle
         self._open_first_map: dict[str, tuple] = {}   # world -> (finding, its run's outcome)
 
     # -- driving ------------------------------------------------------------------------
@@ -176,7 +177,21 @@ class Replay:
         self.counts = {E.KIND_NAMES[k]: int(c) for k, c in zip(kinds, counts)}
         return Result(self.worlds, self.transitions, self.maps, self.unmaps, self.stats())
 
+    def settle_icache(self, e=None) -> None:
+        """The I-cache check of an I/M 0->1 write, made at the next event: an IC IALLU(IS) by
+        the same vCPU right after the write (Linux's set_sctlr_el1 does msr; isb; ic iallu)
+        discards stale lines before anything new is fetched, so it covers the enable."""
+        if self.icache_check is None:
+            return
+        ctx, vc = self.icache_check
+        self.icache_check = None
+        if e is not None and E.KIND_NAMES[e["kind"]] == "ic-inval" \
+                and int(e["vcpu"]) == ctx["vcpu"] and E.IC_OPS[e["op"]] != "ivau":
+            return
+        self.check_mapped("icache-not-invalidated", "code", ctx, vc)
+
     def one(self, e, extras: dict) -> None:
+        self.settle_icache(e)
         kind = E.KIND_NAMES[e["kind"]]
         seq = int(e["seq"])
         if kind != "set-way":
@@ -353,7 +368,7 @@ class Replay:
         if vc.caches_ever_on and was_on and not now_on:
             self.check_mapped("caches-off-after-boot", "dirty", ctx, vc)
         if (not bit(old, "I") and bit(new, "I")) or (not bit(old, "M") and mmu_now):
-            self.check_mapped("icache-not-invalidated", "code", ctx, vc)
+            self.icache_check = (ctx, vc)      # settled at the vCPU's next event
         vc.caches_ever_on |= now_on
         if mmu_now and not self.any_mmu_enabled:
             self.any_mmu_enabled = True
@@ -472,6 +487,7 @@ class Replay:
         commute with each other and with maps of other pages, so each is applied before the
         maps (if it precedes every map of its pages in the run) or after them; a clear between
         two maps of the same page splits the run there."""
+        self.settle_icache(ev[0])
         kinds = ev["kind"]
         is_clear = (kinds == KIND["cmo-va"]) | (kinds == KIND["hyp-maintenance"])
         before = np.zeros(len(ev), dtype=bool)
@@ -564,8 +580,9 @@ class Replay:
         if faults.size:
             self.last_fault_vcpu = int(ev["vcpu"][faults[-1]])
         exec_map = np.zeros(maps.size, dtype=bool)
-        # (pc, el) of the fault each map answers; -1 where unknown.
-        ctx = np.full((maps.size, 2), -1, dtype=np.int64)
+        # The pc and el of the fault each map answers (has_pc False, el -1 where unknown).
+        ctx = np.zeros(maps.size, dtype=[("pc", "<u8"), ("has_pc", "?"), ("el", "<i2")])
+        ctx["el"] = -1
         ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         exec_code = E.ACCESS.index("exec")
         for v in np.unique(np.concatenate([vcpu, ev["vcpu"][faults]])).tolist():
@@ -582,16 +599,18 @@ class Replay:
                 exec_prev = (k < 0) & (prev is not None and prev[2] == "exec") \
                     & (ipa_page[maps[sel]] == (prev[3] if prev else -1))
                 exec_map[sel] = exec_in | exec_prev
-                prev_ctx = [-1 if x is None else x for x in (prev[:2] if prev else (None, None))]
-                ctx[sel] = prev_ctx
+                pc0, el0 = prev[:2] if prev else (None, None)
+                ctx["pc"][sel] = pc0 or 0
+                ctx["has_pc"][sel] = pc0 is not None
+                ctx["el"][sel] = -1 if el0 is None else el0
                 if mine.size:
-                    got = np.flatnonzero(k >= 0)
-                    f = mine[k[got]]
+                    got = sel[k >= 0]
+                    f = mine[k[k >= 0]]
                     present = ev["present"][f]
-                    ctx[sel[got], 0] = np.where(present & E.OPTIONAL_BIT["pc"],
-                                                ev["pc"][f].astype(np.int64), -1)
-                    ctx[sel[got], 1] = np.where(present & E.OPTIONAL_BIT["el"],
-                                                ev["el"][f].astype(np.int64), -1)
+                    ctx["pc"][got] = ev["pc"][f]
+                    ctx["has_pc"][got] = (present & E.OPTIONAL_BIT["pc"]) != 0
+                    ctx["el"][got] = np.where(present & E.OPTIONAL_BIT["el"],
+                                              ev["el"][f].astype(np.int16), -1)
             if mine.size:
                 i = int(mine[-1])
                 self.last_fault[v] = (*self._fault_ctx(ev, i), E.ACCESS[ev["access"][i]],
@@ -725,6 +744,7 @@ class Replay:
 
     # -- end of run -----------------------------------------------------------------------
     def finish(self) -> None:
+        self.settle_icache()
         win = self.window
         if win["start_seq"] is None:
             return
@@ -747,8 +767,10 @@ class Replay:
                 "cost": {n: w.cost.as_dict() for n, w in self.worlds.items()}}
 
 
-def _known(pair) -> tuple[int | None, int | None]:
-    return tuple(None if x < 0 else int(x) for x in pair)
+def _known(row) -> tuple[int | None, int | None]:
+    """(pc, el) of a fault-context row, None where unknown."""
+    return (int(row["pc"]) if row["has_pc"] else None,
+            int(row["el"]) if row["el"] >= 0 else None)
 
 
 def _runs(pages: np.ndarray):

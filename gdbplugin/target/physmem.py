@@ -109,7 +109,7 @@ class GdbPhysMem(PhysMemory):
         missing = [p for p in pages if p not in self._cache]
         if missing:
             with self._gdb.physical():
-                for start, count in _runs(missing):
+                for start, count in page_runs(missing):
                     pa = start * self._page
                     try:
                         data = self._gdb.read_memory(pa, count * self._page)
@@ -124,7 +124,7 @@ class GdbPhysMem(PhysMemory):
             self._cache.popitem(last=False)
 
 
-def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
+def page_runs(pages: list[int]) -> Iterator[tuple[int, int]]:
     """(first, count) of each run of consecutive page numbers in a sorted list."""
     start = prev = pages[0]
     for p in pages[1:]:

@@ -160,3 +160,19 @@ def test_shim_rule_ids_are_the_models():
     model = {r for p in POLICIES.values() for r in p.RULES}
     maintenance = {r for r in RULES.values() if r and ".tvm-" not in r and r != "observe"}
     assert maintenance <= model, maintenance - model
+
+
+def test_icache_invalidated_right_after_the_enable_counts(tmp_path):
+    """Linux's set_sctlr_el1 writes SCTLR_EL1 and then does ISB; IC IALLU before fetching
+    anything new: an invalidation immediately after the enable covers it, one after any other
+    event does not."""
+    lines = (SCENARIOS / "seed5-icache-not-invalidated.jsonl").read_text().splitlines()
+    after = lines + ['{"seq": 6, "kind": "ic-inval", "vcpu": 0, "op": "iallu"}']
+    late = lines + ['{"seq": 6, "kind": "tlbi", "vcpu": 0, "op": "vmalle1"}',
+                    '{"seq": 7, "kind": "ic-inval", "vcpu": 0, "op": "iallu"}']
+    for name, body, expect in (("after", after, set()), ("late", late, set(POLICIES))):
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("\n".join(body) + "\n")
+        trace = read_trace(path)
+        r = Replay(trace.header).run(trace)
+        assert uncovered_under(r, "icache-not-invalidated") == expect, name

@@ -1,0 +1,126 @@
+"""The shim's ring as a trace: ring records (gdbplugin/shim/ring.py) -> s2cache.trace/1 events.
+
+What the shim did becomes ``hyp-maintenance`` (so a replay's *observed* world answers "did the
+hypervisor do it"), what the guest did becomes faults, maps, register writes and set/way or
+cache operations, and what QEMU loaded into RAM (``info roms``) becomes host writes.  The shim
+records a trapped event (a fault's map, an SCTLR_EL1 write) before the maintenance it did for
+it, but the guest runs on only after both, so such an event is held back until that vCPU's
+maintenance records have been emitted.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Iterator
+
+from ..model.cache import PAGE_SHIFT
+from ..target.physmem import page_runs
+
+ROM_LINE = re.compile(r'addr=([0-9a-f]+) size=0x([0-9a-f]+) mem=ram name="(.*)"')
+# Stage-2 MemAttr the shim installs (KVM's MT_S2_NORMAL and MT_S2_DEVICE_nGnRE).
+MEMATTR = {"normal": 0xF, "device": 0x1}
+XN_NONE, XN_ALL = 0, 2
+CMO_OPS = {"dc-civac": "civac", "dc-cvac": "cvac", "dc-ivac": "ivac", "dc-cvau": "cvau",
+           "dc-cvap": "cvap"}
+IC_OPS = {"ic-ivau": "ivau", "ic-iallu": "iallu", "ic-ialluis": "ialluis"}
+
+
+def loaded_blobs(info_roms: str) -> list[tuple[int, int, str]]:
+    """(addr, size, name) of every blob QEMU loaded into RAM, from HMP ``info roms``."""
+    return [(int(a, 16), int(s, 16), n) for a, s, n in ROM_LINE.findall(info_roms)]
+
+
+class ShimTrace:
+    """Converts ring events as they arrive (``convert`` may be called repeatedly)."""
+
+    def __init__(self, ram: list[tuple[int, int]], vcpus: int, policy: str):
+        self.ram = ram
+        self.header = {"ram": [list(r) for r in ram], "vcpus": vcpus, "policy": policy,
+                       "source": "shim"}
+        self._held: dict[int, dict] = {}           # vcpu -> its trap awaiting maintenance
+        self._mapped: set[int] = set()             # RAM pages mapped Normal (for VM flushes)
+
+    def host_writes(self, blobs: Iterable[tuple[int, int, str]]) -> Iterator[dict]:
+        for addr, size, _ in blobs:
+            lo = max(addr, self.ram[0][0])
+            hi = min(addr + size, sum(self.ram[0]))
+            if lo < hi:
+                yield {"kind": "host-write", "pa": lo, "size": hi - lo, "source": "load"}
+
+    def convert(self, events) -> Iterator[dict]:
+        for e in events:
+            k = e.kind
+            if k in ("dc", "ic", "flush-vm"):
+                yield from self._maintenance(e)
+                continue
+            if e.vcpu is not None and e.vcpu in self._held:
+                yield self._held.pop(e.vcpu)
+            if k == "vcpu-start":
+                yield _drop_none({"kind": "vcpu-on", "vcpu": e.vcpu, "pc": e.pc})
+            elif k == "s2-fault":
+                yield _drop_none({"kind": "s2-fault", "vcpu": e.vcpu, "ipa": e.ipa,
+                                  "access": e.access or "read", "esr": e.esr, "pc": e.pc,
+                                  "el": e.el})
+            elif k == "s2-map":
+                normal = e.extra.get("memtype") == "normal"
+                if normal:
+                    first = e.pa >> PAGE_SHIFT
+                    self._mapped.update(range(first, first + (e.size >> PAGE_SHIFT)))
+                self._held[e.vcpu] = {
+                    "kind": "s2-map", "ipa": e.ipa, "pa": e.pa, "size": e.size,
+                    "memattr": MEMATTR["normal" if normal else "device"],
+                    "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL,
+                    "vcpu": e.vcpu}
+            elif k == "s2-perm":
+                yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
+                       "memattr": MEMATTR[e.extra.get("memtype", "normal")],
+                       "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL}
+            elif k == "sysreg-write":
+                self._held[e.vcpu] = _drop_none({
+                    "kind": "sysreg-write", "vcpu": e.vcpu, "reg": e.reg, "old": e.old,
+                    "new": e.new, "pc": e.pc, "el": e.el})
+            elif k == "set-way":
+                yield _drop_none({"kind": "set-way", "vcpu": e.vcpu, "op": e.op, "pc": e.pc,
+                                  "el": e.el})
+            elif k == "tlbi":
+                yield {"kind": "tlbi", "vcpu": e.vcpu, "op": e.op}
+            elif k == "guest-cmo":
+                yield from self._guest_cmo(e)
+
+    def finish(self) -> Iterator[dict]:
+        """Events still held back at the end of the ring."""
+        for v in sorted(self._held):
+            yield self._held.pop(v)
+
+    def _maintenance(self, e) -> Iterator[dict]:
+        reason = e.rule or "shim"
+        if e.kind == "flush-vm":
+            for first, count in page_runs(sorted(self._mapped)) if self._mapped else ():
+                yield {"kind": "hyp-maintenance", "op": "clean-inval",
+                       "pa": first << PAGE_SHIFT, "size": count << PAGE_SHIFT,
+                       "reason": reason}
+        elif e.kind == "ic" and (e.op != "ivau" or not e.size):
+            for base, size in self.ram:
+                yield {"kind": "hyp-maintenance", "op": "icache-inval", "pa": base,
+                       "size": size, "reason": reason}
+        elif self._in_ram(e.pa, e.size):
+            yield {"kind": "hyp-maintenance",
+                   "op": "icache-inval" if e.kind == "ic" else "clean-inval",
+                   "pa": e.pa, "size": e.size, "vcpu": e.vcpu, "reason": reason}
+
+    def _guest_cmo(self, e) -> Iterator[dict]:
+        if e.op in IC_OPS:
+            out = {"kind": "ic-inval", "vcpu": e.vcpu, "op": IC_OPS[e.op], "pc": e.pc}
+            if IC_OPS[e.op] == "ivau" and self._in_ram(e.pa, e.size):
+                out.update(pa=e.pa, size=e.size)
+            yield _drop_none(out)
+        elif e.op in CMO_OPS and self._in_ram(e.pa, e.size):
+            yield _drop_none({"kind": "cmo-va", "vcpu": e.vcpu, "op": CMO_OPS[e.op],
+                              "pa": e.pa, "size": e.size, "va": e.va, "pc": e.pc, "el": e.el})
+
+    def _in_ram(self, pa, size) -> bool:
+        return pa is not None and bool(size) and any(
+            b <= pa and pa + size <= b + s for b, s in self.ram)
+
+
+def _drop_none(d: dict) -> dict:
+    return {k: v for k, v in d.items() if v is not None}
