@@ -311,12 +311,7 @@ static inline void spin_unlock(spinlock_t *l)
 }
 extern spinlock_t s2_lock;
 
-#define write_sysreg(reg, val) \
-    __asm__ volatile("msr " #reg ", %0" : : "r"((u64)(val)) : "memory")
-#define read_sysreg(reg) ({ \
-    u64 __v; __asm__ volatile("mrs %0, " #reg : "=r"(__v) : : "memory"); __v; })
-#define isb() __asm__ volatile("isb" : : : "memory")
-#define dsb(opt) __asm__ volatile("dsb " #opt : : : "memory")
+#include "aarch64.h"
 #define barrier() __asm__ volatile("" : : : "memory")
 
 static inline struct vcpu *this_vcpu(void)

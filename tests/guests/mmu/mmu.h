@@ -64,11 +64,6 @@ void map_random(struct regime *r, int regions, int max_pages);
 void *memset(void *s, int c, unsigned long n);
 void setup(void);              /* s1.c or s2.c */
 
-#define write_sysreg(reg, val) \
-    __asm__ volatile("msr " #reg ", %0" : : "r"((u64)(val)) : "memory")
-#define read_sysreg(reg) ({ \
-    u64 __v; __asm__ volatile("mrs %0, " #reg : "=r"(__v)); __v; })
-#define isb() __asm__ volatile("isb" : : : "memory")
-#define dsb(opt) __asm__ volatile("dsb " #opt : : : "memory")
+#include "aarch64.h"
 
 #endif

@@ -44,11 +44,6 @@ int main(u64 x0);
 void secondary_main(u64 context);               /* weak default: power off */
 void secondary_start(void);                     /* start.S */
 
-#define write_sysreg(reg, val) \
-    __asm__ volatile("msr " #reg ", %0" : : "r"((u64)(val)) : "memory")
-#define read_sysreg(reg) ({ \
-    u64 __v; __asm__ volatile("mrs %0, " #reg : "=r"(__v) : : "memory"); __v; })
-#define isb() __asm__ volatile("isb" : : : "memory")
-#define dsb(opt) __asm__ volatile("dsb " #opt : : : "memory")
+#include "aarch64.h"
 
 #endif
