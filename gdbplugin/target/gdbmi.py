@@ -174,6 +174,8 @@ class GdbMI:
         address = str(address)
         if any(c.isspace() for c in address):     # gdb takes the rest of the line verbatim
             raise GdbError(f"cannot connect to {address!r}: whitespace in a gdbstub address")
+        # A refused TCP connection fails at once instead of being retried for seconds.
+        self.command("-gdb-set tcp auto-retry off")
         self.command(f"-target-select remote {address}", timeout)
         self._register_numbers = None      # register numbers depend on the target
         self._events.clear()
