@@ -31,9 +31,10 @@ from typing import Union
 
 from construct import BitsInteger, BitStruct
 
+from .sysregs import ESR_EL2, ISS_ERET, ISS_HVC, ISS_SYS, ISS_WFX
+
 __all__ = [
-    "SYSTEM_INSN", "EXC_GEN_INSN", "BRANCH_REG_INSN", "ESR_LAYOUT", "ISS_SYS64",
-    "ISS_IMM16", "ISS_WFX", "ISS_ERET",
+    "SYSTEM_INSN", "EXC_GEN_INSN", "BRANCH_REG_INSN",
     "SYSREGS", "SYSREG_DIRECTIONAL", "SYS_OP_SPECS", "SYS_OPS", "HINTS", "BARRIER_OPTIONS",
     "BARRIER_OPS", "DSB_NXS_DOMAINS", "PSTATE_FIELDS", "EXC_GEN_OPS", "ERET_OPS",
     "SysOpSpec", "Insn", "SysRegAccess", "SysOp", "Hint", "Barrier", "MsrImm",
@@ -81,34 +82,7 @@ BRANCH_REG_INSN = BitStruct(
 )
 BRANCH_REG_PREFIX = 0b1101011
 
-#: Low 32 bits of ESR_ELx.
-ESR_LAYOUT = BitStruct(
-    "EC" / BitsInteger(6),
-    "IL" / BitsInteger(1),
-    "ISS" / BitsInteger(25),
-)
-
-#: ISS for EC=0x18 (in a 32-bit container; the top 7 bits are EC:IL or zero).
-ISS_SYS64 = BitStruct(
-    "pad" / BitsInteger(7),
-    "res0" / BitsInteger(3),
-    "Op0" / BitsInteger(2),
-    "Op2" / BitsInteger(3),
-    "Op1" / BitsInteger(3),
-    "CRn" / BitsInteger(4),
-    "Rt" / BitsInteger(5),
-    "CRm" / BitsInteger(4),
-    "Direction" / BitsInteger(1),   # 1 = read (MRS/SYSL), 0 = write (MSR/SYS)
-)
-
-#: ISS for EC=0x15/0x16/0x17 (SVC/HVC/SMC from AArch64).
-ISS_IMM16 = BitStruct("pad" / BitsInteger(16), "imm16" / BitsInteger(16))
-
-#: ISS for EC=0x01 (trapped WFI/WFE/WFIT/WFET).
-ISS_WFX = BitStruct("pad" / BitsInteger(30), "TI" / BitsInteger(2))
-
-#: ISS for EC=0x1A (trapped ERET/ERETAA/ERETAB).
-ISS_ERET = BitStruct("pad" / BitsInteger(30), "ERET" / BitsInteger(1), "ERETA" / BitsInteger(1))
+# ESR_ELx and the ISS encodings are laid out once, in sysregs.py.
 
 EC_WFX = 0x01
 EC_SVC64 = 0x15
@@ -1126,8 +1100,8 @@ def decode_iss_sys64(iss: int) -> Decoded:
     The result is what :func:`decode` returns for the equivalent instruction
     (its ``word`` is that synthesised encoding); Direction=1 means a read
     (MRS/SYSL). Only ISS bits[24:0] are used."""
-    f = ISS_SYS64.parse(_be(iss & 0x1FFFFFF))
-    return decode(_system_word(f.Direction, f.Op0, f.Op1, f.CRn, f.CRm, f.Op2, f.Rt))
+    f = ISS_SYS.parse(iss & 0x1FFFFFF)
+    return decode(_system_word(int(f.Direction), f.Op0, f.Op1, f.CRn, f.CRm, f.Op2, f.Rt))
 
 
 def _exc_gen_word(mnemonic: str, imm16: int) -> int:
@@ -1153,19 +1127,18 @@ def decode_esr(esr: int) -> Decoded | None:
     (ERET/ERETAA/ERETAB). Returns None for any other class (or WFIT/WFET)."""
     if not 0 <= esr < 1 << 64:
         raise ValueError(f"ESR out of range: {esr:#x}")
-    f = ESR_LAYOUT.parse(_be(esr & 0xFFFFFFFF))
-    iss_bytes = _be(f.ISS)
+    f = ESR_EL2.parse(esr)
     if f.EC == EC_SYS64:
         return decode_iss_sys64(f.ISS)
     if f.EC in _EC_IMM16:
-        return decode(_exc_gen_word(_EC_IMM16[f.EC], ISS_IMM16.parse(iss_bytes).imm16))
+        return decode(_exc_gen_word(_EC_IMM16[f.EC], ISS_HVC.get(f.ISS, "imm16")))
     if f.EC == EC_WFX:
-        ti = ISS_WFX.parse(iss_bytes).TI
+        ti = ISS_WFX.get(f.ISS, "TI")
         if ti > 1:
             return None
         return decode(_system_word(0, 0, 3, 2, 0, 3 if ti == 0 else 2, 31))
     if f.EC == EC_ERET:
-        e = ISS_ERET.parse(iss_bytes)
+        e = ISS_ERET.parse(f.ISS)
         name = "eret" if not e.ERET else ("eretab" if e.ERETA else "eretaa")
         return decode(_eret_word(name))
     return None

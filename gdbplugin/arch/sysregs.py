@@ -76,7 +76,9 @@ ISS_IABT = Layout("ISS(instruction abort)", 32, SET=(12, 11), FnV=10, EA=9, S1PT
                   IFSC=(5, 0))
 ISS_SYS = Layout("ISS(MSR/MRS/SYS)", 32, Op0=(21, 20), Op2=(19, 17), Op1=(16, 14),
                  CRn=(13, 10), Rt=(9, 5), CRm=(4, 1), Direction=0)
-ISS_HVC = Layout("ISS(HVC/SMC)", 32, imm16=(15, 0))
+ISS_HVC = Layout("ISS(SVC/HVC/SMC)", 32, imm16=(15, 0))
+ISS_WFX = Layout("ISS(WFx)", 32, TI=(1, 0))
+ISS_ERET = Layout("ISS(ERET)", 32, ERET=1, ERETA=0)
 
 HPFAR_EL2 = Layout("HPFAR_EL2", NS=63, FIPA=(47, 4))
 
