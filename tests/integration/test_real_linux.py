@@ -30,17 +30,13 @@ from gdbplugin.target.registers import Registers
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "build" / "images"
 SAMPLES = 400
 
 
 @pytest.fixture(scope="module")
-def pkvm():
-    fetch = subprocess.run([str(ROOT / "scripts" / "fetch-images")], capture_output=True,
-                           text=True)
-    assert fetch.returncode == 0, f"scripts/fetch-images failed: {fetch.stderr}"
+def pkvm(images):
     config = QemuConfig(machine="virt,virtualization=on,gic-version=3", memory="1G", smp=2,
-                        kernel=IMAGES / "vmlinuz", initrd=IMAGES / "initramfs.cpio.gz",
+                        kernel=images / "vmlinuz", initrd=images / "initramfs.cpio.gz",
                         append="console=ttyAMA0 panic=-1 kvm-arm.mode=protected s2cache.hold",
                         paused=False, console="pexpect", extra=["-no-reboot"])
     with Qemu(config) as qemu:

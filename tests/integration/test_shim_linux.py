@@ -8,7 +8,6 @@ Each (policy, vCPUs) pair boots once (~3-5 s of TCG); all checks share that boot
 from __future__ import annotations
 
 import collections
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,26 +19,12 @@ from gdbplugin.shim.ring import Event, RingHeader
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "build" / "images"
 POLICIES = ["none", "rfc2013", "kvm", "xen", "fwb"]
 APPEND = "console=ttyAMA0 panic=-1"
 SCTLR_M, SCTLR_C = 1 << 0, 1 << 2
 SCTLR_EL1_RESET = 0x30D00980
 HCR_FWB, HCR_TVM = 1 << 46, 1 << 26
 PAGE = 4096
-
-
-@pytest.fixture(scope="session")
-def shim() -> ShimImage:
-    return ShimImage.load()          # runs scripts/build-shim
-
-
-@pytest.fixture(scope="session")
-def images() -> Path:
-    fetch = subprocess.run([str(ROOT / "scripts" / "fetch-images")], capture_output=True,
-                           text=True)
-    assert fetch.returncode == 0, f"scripts/fetch-images failed: {fetch.stderr}"
-    return IMAGES
 
 
 @dataclass

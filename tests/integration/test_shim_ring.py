@@ -12,7 +12,6 @@ The probe payload (tests/guests/scenarios/probe.c) reads the address passed as x
 """
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -27,24 +26,10 @@ from gdbplugin.target.qemu import QemuConfig
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "build" / "images"
 PROBE = ROOT / "build" / "shim" / "scenarios" / "probe.bin"
 RAM_BASE, RAM_SIZE = 0x4000_0000, 512 << 20
 OUTSIDE = 0x50_0000_0000            # between virt's high ECAM and its high PCIe window
 APPEND = "console=ttyAMA0 panic=-1"
-
-
-@pytest.fixture(scope="module")
-def shim() -> ShimImage:
-    return ShimImage.load()
-
-
-@pytest.fixture(scope="module")
-def images() -> Path:
-    fetch = subprocess.run([str(ROOT / "scripts" / "fetch-images")], capture_output=True,
-                           text=True)
-    assert fetch.returncode == 0, f"scripts/fetch-images failed: {fetch.stderr}"
-    return IMAGES
 
 
 def probe(shim: ShimImage, address: int, poweroff: bool = True) -> ShimSession:

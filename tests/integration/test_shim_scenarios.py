@@ -28,11 +28,6 @@ M, C, I = 1 << 0, 1 << 2, 1 << 12
 
 
 @pytest.fixture(scope="module")
-def shim() -> ShimImage:
-    return ShimImage.load()                    # also builds the scenario guests
-
-
-@pytest.fixture(scope="module")
 def blob(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("scenario") / "blob.bin"
     path.write_bytes(bytes(range(256)) * 16)   # what "the host" wrote at BLOB

@@ -15,17 +15,15 @@ import pytest
 from gdbplugin.capture.shim_trace import ShimTrace, loaded_blobs
 from gdbplugin.model.engine import Replay
 from gdbplugin.model.trace import TraceWriter, read_trace
-from gdbplugin.shim.launch import ShimImage, ShimParams, ShimSession, shim_config
+from gdbplugin.shim.launch import ShimParams, ShimSession, shim_config
 
 pytestmark = pytest.mark.qemu
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "build" / "images"
 
 
-def record(policy: str, path: Path) -> tuple[list, dict]:
-    shim = ShimImage.load()
-    cfg = shim_config(IMAGES / "vmlinuz", ShimParams(policy=policy), shim=shim,
-                      initrd=IMAGES / "initramfs.cpio.gz", append="console=ttyAMA0 panic=-1",
+def record(shim, images: Path, policy: str, path: Path) -> tuple[list, dict]:
+    cfg = shim_config(images / "vmlinuz", ShimParams(policy=policy), shim=shim,
+                      initrd=images / "initramfs.cpio.gz", append="console=ttyAMA0 panic=-1",
                       smp=1, paused=False)
     with ShimSession(cfg, shim, consume=True) as s:
         assert s.wait(r"S2CACHE-BOOT-OK", timeout=120) == "match", s.console()[-2000:]
@@ -45,9 +43,9 @@ def record(policy: str, path: Path) -> tuple[list, dict]:
 
 
 @pytest.mark.parametrize("policy", ["kvm", "rfc2013"])
-def test_observed_maintenance_covers_first_maps(policy, tmp_path):
+def test_observed_maintenance_covers_first_maps(shim, images, policy, tmp_path):
     path = tmp_path / f"{policy}.jsonl"
-    events, _ = record(policy, path)
+    events, _ = record(shim, images, policy, path)
     trace = read_trace(path)
     result = Replay(trace.header).run(trace)
     baseline = [f for f in result.findings("none") if f.kind == "first-map-uncached"]
@@ -66,11 +64,11 @@ def test_observed_maintenance_covers_first_maps(policy, tmp_path):
     assert not [f for f in result.findings(policy) if f.kind == "first-map-uncached"]
 
 
-def test_replay_cli_on_a_shim_trace(tmp_path):
+def test_replay_cli_on_a_shim_trace(shim, images, tmp_path):
     """Under the `none` shim nothing was cleaned: no observed world, and replaying under the
     `none` policy reports the uncovered first maps (exit 1) while `kvm` covers them."""
     path = tmp_path / "none.jsonl"
-    record("none", path)
+    record(shim, images, "none", path)
     out = tmp_path / "r.json"
     run = subprocess.run([sys.executable, "-m", "gdbplugin.cli", "replay", str(path),
                           "--policy", "none", "--json", str(out)], cwd=ROOT,

@@ -11,42 +11,33 @@ from __future__ import annotations
 
 import collections
 import re
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from gdbplugin.shim.launch import UBOOT, ShimImage, ShimParams, ShimSession, uboot_config
+from gdbplugin.shim.launch import UBOOT, ShimParams, ShimSession, uboot_config
 
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
-IMAGES = ROOT / "build" / "images"
 POLICIES = ["none", "rfc2013", "kvm", "xen", "fwb"]
 MATRIX = [(p, n) for p in POLICIES for n in (1, 2)]
 
 
 @pytest.fixture(scope="module")
-def shim() -> ShimImage:
-    return ShimImage.load()
-
-
-@pytest.fixture(scope="module")
-def images() -> Path:
+def uboot_images(images) -> Path:
     if not UBOOT.is_file():
         pytest.fail(f"{UBOOT} missing: scripts/setup installs u-boot-qemu")
-    fetch = subprocess.run([str(ROOT / "scripts" / "fetch-images")], capture_output=True,
-                           text=True)
-    assert fetch.returncode == 0, f"scripts/fetch-images failed: {fetch.stderr}"
-    return IMAGES
+    return images
 
 
 @pytest.fixture(scope="module", params=MATRIX, ids=[f"{p}-smp{n}" for p, n in MATRIX])
-def booted(request, shim, images):
+def booted(request, shim, uboot_images):
     policy, smp = request.param
     config = uboot_config(ShimParams(policy=policy, poweroff_on_fatal=True), shim=shim,
-                          kernel=images / "vmlinuz", initrd=images / "initramfs.cpio.gz",
+                          kernel=uboot_images / "vmlinuz",
+                          initrd=uboot_images / "initramfs.cpio.gz",
                           append="console=ttyAMA0 panic=-1", smp=smp, paused=False)
     with ShimSession(config, shim) as s:
         why = s.wait(timeout=120)
