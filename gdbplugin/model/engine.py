@@ -69,10 +69,6 @@ class Vcpu:
     def caches_on(self) -> bool:
         return self.sctlr & M_C == M_C
 
-    @property
-    def mmu_on(self) -> bool:
-        return bool(SCTLR_EL1.get(self.sctlr, "M"))
-
 
 class World:
     """One hypothesis about the hypervisor: a policy with its own shadow cache and costs."""
