@@ -1,8 +1,10 @@
 /*
  * s2cache shim: the little of the flattened device tree we need, read with the MMU off
  * (byte and aligned 32-bit loads only): RAM (memory nodes), MMIO windows (every `reg` and
- * `ranges` translated up to the root, reserved-memory excluded), the PL011, the initrd, and
- * the in-place shrink of the memory node that hides the carve-out from the guest.
+ * `ranges` translated up to the root, reserved-memory excluded), the PL011, the cfi-flash
+ * windows (mapped like KVM's read-only memslots, s2.c), QEMU's fw_cfg window (emulated, mmio.c),
+ * the initrd, and the in-place shrink of the memory node that hides the carve-out from the
+ * guest.
  *
  * Runs before the relocation: writes `cfg` (.data) only.
  */
@@ -85,6 +87,8 @@ struct level {
     bool skip;                  /* reserved-memory and cpus subtrees */
     bool memory;                /* device_type = "memory" (or a depth-1 memory@ node) */
     bool uart;                  /* compatible with arm,pl011 */
+    bool rom;                   /* cfi-flash */
+    bool fwcfg;                 /* qemu,fw-cfg-mmio */
 };
 
 /* Translate `addr` from the address space of children of the node at depth d up to the root;
@@ -168,6 +172,15 @@ static void node_done(struct level *lv, int d, u64 *ram_best_end)
                     continue;
                 if (n->uart && !cfg.uart)
                     cfg.uart = a;
+                if (n->rom && s && cfg.rom_count < 8) {
+                    cfg.rom[cfg.rom_count][0] = a;
+                    cfg.rom[cfg.rom_count][1] = s;
+                    cfg.rom_count++;
+                }
+                if (n->fwcfg && s && !cfg.fwcfg_size) {
+                    cfg.fwcfg_base = a;
+                    cfg.fwcfg_size = s;
+                }
                 add_mmio(a, s);
             }
         }
@@ -201,6 +214,8 @@ int fdt_scan(u64 dtb)
     u64 ram_best_end = 0;
     cfg.mmio_count = 0;
     cfg.uart = 0;
+    cfg.rom_count = 0;
+    cfg.fwcfg_base = cfg.fwcfg_size = 0;
     cfg.initrd_start = cfg.initrd_end = 0;
     mem_size_addr = 0;
 
@@ -249,9 +264,11 @@ int fdt_scan(u64 dtb)
             } else if (str_eq(pname, "reg")) {
                 n->reg = val;
                 n->reg_len = len;
-            } else if (str_eq(pname, "compatible") && list_has(val, len, "arm,pl011"))
-                n->uart = true;
-            else if (depth == 1 && str_eq(pname, "linux,initrd-start") && len <= 8)
+            } else if (str_eq(pname, "compatible")) {
+                n->uart = list_has(val, len, "arm,pl011");
+                n->rom = list_has(val, len, "cfi-flash");
+                n->fwcfg = list_has(val, len, "qemu,fw-cfg-mmio");
+            } else if (depth == 1 && str_eq(pname, "linux,initrd-start") && len <= 8)
                 cfg.initrd_start = cells(val, len / 4);
             else if (depth == 1 && str_eq(pname, "linux,initrd-end") && len <= 8)
                 cfg.initrd_end = cells(val, len / 4);

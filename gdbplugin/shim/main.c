@@ -256,6 +256,8 @@ void __attribute__((noreturn)) shim_main(void)
     h->hook_mask = cfg.hook_mask;
     h->observe = cfg.observe;
     h->mmio_count = cfg.mmio_count;
+    h->fw_cfg[0] = cfg.fwcfg_base;
+    h->fw_cfg[1] = cfg.fwcfg_size;
     for (u64 i = 0; i < cfg.mmio_count && i < 64; i++) {
         h->mmio[i][0] = cfg.mmio[i][0];
         h->mmio[i][1] = cfg.mmio[i][1];

@@ -150,6 +150,7 @@ static const char *diag_name(int reason)
     case D_EL2_INTERRUPT: return "interrupt or SError taken to EL2";
     case D_FWB_MISSING: return "policy fwb without FEAT_S2FWB: running kvm";
     case D_CPU: return "CPU lacks a 40-bit physical address range";
+    case D_MMIO: return "access to emulate without a usable syndrome (ESR_EL2.ISV)";
     }
     return "?";
 }

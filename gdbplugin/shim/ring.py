@@ -29,7 +29,7 @@ MAX_VCPUS = 16
 KINDS = {1: "shim-start", 2: "vcpu-start", 3: "s2-fault", 4: "s2-map", 5: "s2-perm",
          6: "s2-unmap", 7: "dc", 8: "ic", 9: "flush-vm", 10: "tlbi", 11: "sysreg-write",
          12: "set-way", 13: "smc", 14: "hvc", 15: "tvm", 16: "diag", 17: "psci-cpu-on",
-         18: "guest-cmo"}
+         18: "guest-cmo", 19: "host-dma"}
 KIND_IDS = {name: k for k, name in KINDS.items()}
 ACCESS = {0: None, 1: "read", 2: "write", 3: "exec"}
 POLICY_NAMES = {0: "none", 1: "rfc2013", 2: "kvm", 3: "xen", 4: "fwb"}
@@ -55,13 +55,19 @@ SYSREGS = {1: "SCTLR_EL1", 2: "TTBR0_EL1", 3: "TTBR1_EL1", 4: "TCR_EL1", 5: "ESR
 DIAGS = {1: "unknown-trap", 2: "outside-ram-and-mmio", 3: "ring-full", 4: "el2-exception",
          5: "bad-params", 6: "no-dtb", 7: "table-pool-exhausted", 8: "unexpected-fault-status",
          9: "unexpected-sysreg", 10: "vcpu-range", 11: "memory-layout", 12: "shim-memory",
-         13: "el2-interrupt", 14: "fwb-missing", 15: "not-el2", 16: "cpu"}
+         13: "el2-interrupt", 14: "fwb-missing", 15: "not-el2", 16: "cpu",
+         17: "mmio-no-syndrome"}
 SET_WAY_OPS = {1: "isw", 2: "csw", 3: "cisw"}
+# s2-map/s2-perm op; "rom": a cfi-flash window, Normal and read-only at stage 2 (KVM's
+# read-only memslot), writes emulated by the shim
+MEMTYPES = {0: "normal", 1: "device", 2: "rom"}
+# host-dma op: the fw_cfg DMA request's control bits; bit 0 is ERROR as QEMU left it
+FW_CFG_CONTROL = {0x01: "error", 0x02: "read", 0x04: "skip", 0x08: "select", 0x10: "write"}
 GUEST_CMO_OPS = {1: "dc-ivac", 2: "dc-cvac", 3: "dc-civac", 4: "dc-cvau", 5: "dc-cvap",
                  6: "ic-ivau", 7: "ic-iallu", 8: "ic-ialluis"}
 STATS = ["traps", "dabt", "iabt", "map_normal", "map_device", "exec_grant", "dc_bytes",
          "ic_ops", "flush_vm", "sysreg", "set_way", "smc", "hvc", "spurious", "tables",
-         "vcpus", "guest_cmo"]
+         "vcpus", "guest_cmo", "map_rom", "rom_writes", "fw_cfg", "host_dma", "host_dma_bytes"]
 
 _REC = struct.Struct("<QHBBBBHQQQQQQ")
 assert _REC.size == RECORD_SIZE
@@ -114,7 +120,7 @@ def decode_record(index: int, raw: bytes) -> Event:
         perms = "".join(c for b, c in ((1, "r"), (2, "w"), (4, "x")) if flags & b)
         return Event(**base, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      size=size, op="map" if kind == "s2-map" else "relax",
-                     extra={"memtype": "device" if op == 1 else "normal", "perms": perms})
+                     extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms})
     if kind == "dc":
         return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size, op="civac",
                      rule=RULES.get(flags, str(flags)))
@@ -150,6 +156,11 @@ def decode_record(index: int, raw: bytes) -> Event:
                      ipa=None if whole or flags & 1 else ipa,
                      pa=None if whole or flags & 1 else pa, size=None if whole else size,
                      extra={"translated": not flags & 1} if not whole else {})
+    if kind == "host-dma":
+        return Event(**base, pc=pc, esr=esr, access="write", ipa=ipa, pa=pa, size=size,
+                     op="fw-cfg-dma",
+                     extra={"selector": flags, "descriptor": va,
+                            "control": [n for b, n in FW_CFG_CONTROL.items() if op & b]})
     if kind == "psci-cpu-on":
         return Event(**base, pc=pc, extra={"target": op, "entry": ipa, "shim_entry": pa,
                                            "mpidr": va})
@@ -195,6 +206,7 @@ class RingHeader:
     diag: Event | None
     vcpus: dict[int, int]                 # slot -> MPIDR of every vCPU that started
     mmio: list[tuple[int, int]]
+    fw_cfg: tuple[int, int] = (0, 0)      # fw_cfg window (base, size): emulated, never mapped
 
     @classmethod
     def parse(cls, pa: int, raw: bytes) -> "RingHeader":
@@ -221,7 +233,7 @@ class RingHeader:
                    policy_effective=POLICY_NAMES.get(d(0xA4), str(d(0xA4))), flags=q(0xA8),
                    dtb=q(0xB0), entry=q(0xB8), stalls=q(0xC8),
                    stats={name: q(0x100 + 8 * i) for i, name in enumerate(STATS)},
-                   diag=diag, vcpus=vcpus, mmio=mmio)
+                   diag=diag, vcpus=vcpus, mmio=mmio, fw_cfg=(q(0xE0), q(0xE8)))
 
 
 class RingReader:

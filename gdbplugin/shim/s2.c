@@ -6,6 +6,16 @@
  * a 4 KiB page (or, with PF_BLOCKS, the 2 MiB block of RAM around it), RAM Normal WB
  * (FWB: forced WB), MMIO Device-nGnRE.  Under kvm and fwb, a page is mapped non-executable
  * until the guest executes from it (as KVM does), which is when the I-cache gets invalidated.
+ *
+ * Two kinds of MMIO window are treated as KVM and QEMU treat them, not as Device pages:
+ *  - cfi-flash (QEMU's pflash, a ROM device): KVM sees it as a read-only memslot while QEMU
+ *    keeps it in ROMD mode, so stage 2 maps it Normal and read-only.  A stage-1 walk may read
+ *    tables there (EDK2 keeps its early ones in flash: with HCR_EL2.PTW a walk into a Device
+ *    page faults) and the guest may execute from it; a write is emulated from EL2 (mmio.c).
+ *    Reads while QEMU's pflash is in programming mode still reach its device callbacks under
+ *    TCG, whatever stage 2 says (a rom_device outside ROMD mode is I/O to the TLB).
+ *  - QEMU's fw_cfg: never mapped, every access emulated (mmio.c), so the shim sees the DMA
+ *    doorbell and records what QEMU then writes into guest RAM (K_HOST_DMA).
  * Anything else -- an IPA outside RAM and the DTB's MMIO windows, a permission or access-flag
  * fault we did not cause -- is a fatal diagnostic.
  */
@@ -17,6 +27,7 @@ spinlock_t s2_lock;
 #define D_TABLE     3UL             /* table (levels 1-2) or page (level 3) */
 #define D_BLOCK     1UL
 #define S2_AP_RW    (3UL << 6)
+#define S2_AP_RO    (1UL << 6)
 #define S2_SH_IS    (3UL << 8)
 #define S2_AF       (1UL << 10)
 #define S2_XN       (2UL << 53)     /* XN[1:0] = 0b10: not executable at EL1 nor EL0 */
@@ -104,6 +115,21 @@ bool ipa_is_ram(u64 ipa)
     return ipa >= cfg.ram_base && ipa < cfg.ram_end;
 }
 
+bool ipa_is_rom(u64 ipa)
+{
+    for (u64 i = 0; i < cfg.rom_count; i++)
+        if (ipa >= cfg.rom[i][0] && ipa - cfg.rom[i][0] < cfg.rom[i][1])
+            return true;
+    return false;
+}
+
+/* The page(s) of the fw_cfg window: nothing else there may be mapped either. */
+bool ipa_is_fwcfg_page(u64 ipa)
+{
+    return cfg.fwcfg_size && ipa >= ALIGN_DOWN(cfg.fwcfg_base, PAGE_SIZE) &&
+           ipa < ALIGN_UP(cfg.fwcfg_base + cfg.fwcfg_size, PAGE_SIZE);
+}
+
 int mmio_find(u64 ipa)
 {
     for (u64 i = 0; i < cfg.mmio_count; i++)
@@ -149,21 +175,24 @@ static u8 el_of(u64 spsr)
     return (spsr & 0x10) ? 0 : (spsr >> 2) & 3;       /* AArch32 state: EL0 under us */
 }
 
+static u16 perms_of(u64 d)
+{
+    return PERM_R | ((d & S2_AP_RW) == S2_AP_RW ? PERM_W : 0) | (d & S2_XN ? 0 : PERM_X);
+}
+
 /* The guest executes from a page we mapped non-executable: make it executable. */
-static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, bool normal)
+static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, u8 memtype)
 {
     *e &= ~S2_XN;
     tlb_inval_ipa_local(base);
     stat_add(ST_EXEC_GRANT, 1);
-    emit(K_S2_PERM, v, el, A_EXEC, normal ? MT_NORMAL : MT_DEVICE, PERM_R | PERM_W | PERM_X,
-         pc, 0, base, *e & OA_MASK, size, 0);
+    emit(K_S2_PERM, v, el, A_EXEC, memtype, perms_of(*e), pc, 0, base, *e & OA_MASK, size, 0);
     emit(K_TLBI, v, 2, A_NONE, 1, 0, pc, 0, base, 0, size, 0);
     policy_on_exec(v, base, size, pc);
 }
 
 void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
 {
-    (void)f;
     u64 far = read_sysreg(far_el2), hpfar = read_sysreg(hpfar_el2);
     u64 pc = read_sysreg(elr_el2), spsr = read_sysreg(spsr_el2);
     u8 el = el_of(spsr);
@@ -176,21 +205,31 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
     u8 access = s1ptw ? (wnr ? A_WRITE : A_READ) : iabt ? A_EXEC : wnr ? A_WRITE : A_READ;
     u16 flags = (s1ptw ? FAULT_S1PTW : 0) | (fnv ? FAULT_FNV : 0) | (wnr ? FAULT_WRITE : 0);
     int problem = 0;
+    u64 type = fsc & 0x3c;
 
     stat_add(iabt ? ST_IABT : ST_DABT, 1);
+    bool ram = ipa_is_ram(page);
+    bool rom = !ram && ipa_is_rom(page);
+    /* What KVM sends to the VMM as MMIO (kvm_handle_guest_abort -> io_mem_abort): any data
+     * access to fw_cfg, a write to a read-only memslot.  Not a stage-2 event: no record. */
+    if (!iabt && !s1ptw && (type == 0x04 || type == 0x0c) &&
+        ((!ram && ipa_is_fwcfg_page(page)) || (rom && wnr))) {
+        mmio_emulate(v, f, esr, page | (far & 0xfff), pc);
+        return;
+    }
     spin_lock(&s2_lock);
     emit(K_S2_FAULT, v, el, access, fsc, flags, pc, esr, ipa, ipa, 0, fnv ? 0 : far);
 
-    bool normal = ipa_is_ram(page);
-    bool device = !normal && mmio_find(page) >= 0;
-    u64 type = fsc & 0x3c;
+    bool normal = ram || rom;                           /* Normal at stage 2 */
+    bool device = !normal && mmio_find(page) >= 0 && !ipa_is_fwcfg_page(page);
+    u8 memtype = ram ? MT_NORMAL : rom ? MT_ROM : MT_DEVICE;
     if (type == 0x04) {                                 /* translation fault, levels 0-3 */
         if (!normal && !device) {
             problem = page >= cfg.carve_base && page < cfg.carve_base + cfg.carve_size
-                      ? D_SHIM_MEMORY : D_OUTSIDE;
+                      ? D_SHIM_MEMORY : ipa_is_fwcfg_page(page) ? D_MMIO : D_OUTSIDE;
             goto out;
         }
-        bool blocks = normal && (cfg.flags & PF_BLOCKS) &&
+        bool blocks = ram && (cfg.flags & PF_BLOCKS) &&
                       ALIGN_DOWN(page, BLOCK_SIZE) >= cfg.ram_base &&
                       ALIGN_DOWN(page, BLOCK_SIZE) + BLOCK_SIZE <= cfg.ram_end;
         int level = blocks ? 2 : 3;
@@ -213,28 +252,34 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
         if (*e & D_VALID) {                             /* another vCPU was first */
             stat_add(ST_SPURIOUS, 1);
             if (access == A_EXEC && (*e & S2_XN))
-                grant_exec(v, e, base, size, el, pc, normal);
+                grant_exec(v, e, base, size, el, pc, memtype);
             goto out;
         }
         bool exec = access == A_EXEC || !policy_exec_on_demand();
         u64 attr = normal ? (policy_fwb() ? ATTR_FWB_WB : ATTR_NORMAL) : ATTR_DEVICE;
-        u64 d = base | S2_AF | S2_SH_IS | S2_AP_RW | S2_ATTR(attr) | S2_SW_SHIM |
-                (exec ? 0 : S2_XN) | (level == 3 ? D_TABLE : D_BLOCK);
+        /* flash: KVM's read-only memslot (user_mem_abort maps it without write permission;
+         * a translation fault of a stage-1 walk reading it is a read: kvm_is_write_fault) */
+        u64 d = base | S2_AF | S2_SH_IS | (rom ? S2_AP_RO : S2_AP_RW) | S2_ATTR(attr) |
+                S2_SW_SHIM | (exec ? 0 : S2_XN) | (level == 3 ? D_TABLE : D_BLOCK);
         *e = d;
         dsb(ishst);
-        stat_add(normal ? ST_MAP_NORMAL : ST_MAP_DEVICE, 1);
-        emit(K_S2_MAP, v, el, access, normal ? MT_NORMAL : MT_DEVICE,
-             PERM_R | PERM_W | (exec ? PERM_X : 0), pc, esr, base, base, size, 0);
+        stat_add(ram ? ST_MAP_NORMAL : rom ? ST_MAP_ROM : ST_MAP_DEVICE, 1);
+        emit(K_S2_MAP, v, el, access, memtype, perms_of(d), pc, esr, base, base, size, 0);
+        /* KVM cleans every new cacheable leaf, read-only memslots included */
         policy_on_map(v, base, size, normal, exec && access == A_EXEC, pc);
     } else if (type == 0x0c) {                          /* permission fault */
         u64 size;
         u64 *e = leaf_of(page, &size);
         if (e && access == A_EXEC && (*e & S2_XN)) {
-            grant_exec(v, e, ALIGN_DOWN(page, size), size, el, pc, normal);
+            grant_exec(v, e, ALIGN_DOWN(page, size), size, el, pc, memtype);
         } else if (e && access == A_EXEC) {
             stat_add(ST_SPURIOUS, 1);                   /* another vCPU granted it: our */
             tlb_inval_ipa_local(page);                  /* TLB may still hold XN */
         } else {
+            /* includes a stage-1 walk that wants to write (hardware AF/DBM) tables in flash:
+             * KVM's kvm_is_write_fault calls an S1PTW permission fault a write, and a write
+             * to a read-only memslot from a walk injects a data abort into the guest
+             * (kvm_handle_guest_abort); the shim stops instead */
             problem = D_FAULT_STATUS;
         }
     } else if (type == 0x00) {                          /* address size: beyond 40 bits */

@@ -86,7 +86,7 @@ enum kind {
     K_SHIM_START = 1, K_VCPU_START = 2, K_S2_FAULT = 3, K_S2_MAP = 4, K_S2_PERM = 5,
     K_S2_UNMAP = 6, K_DC = 7, K_IC = 8, K_FLUSH_VM = 9, K_TLBI = 10, K_SYSREG = 11,
     K_SET_WAY = 12, K_SMC = 13, K_HVC = 14, K_TVM = 15, K_DIAG = 16, K_PSCI_ON = 17,
-    K_GUEST_CMO = 18,
+    K_GUEST_CMO = 18, K_HOST_DMA = 19,
 };
 
 enum access { A_NONE = 0, A_READ = 1, A_WRITE = 2, A_EXEC = 3 };
@@ -100,8 +100,16 @@ enum { G_DC_IVAC = 1, G_DC_CVAC = 2, G_DC_CIVAC = 3, G_DC_CVAU = 4, G_DC_CVAP = 
 #define CMO_NO_IPA      1       /* the VA did not translate at stage 1: not performed */
 /* K_SET_WAY ops */
 enum { SW_ISW = 1, SW_CSW = 2, SW_CISW = 3 };
-/* K_S2_MAP op: memory type */
-enum { MT_NORMAL = 0, MT_DEVICE = 1 };
+/* K_S2_MAP / K_S2_PERM op: memory type (MT_ROM: a cfi-flash window, Normal and read-only at
+ * stage 2 like KVM's read-only memslot; writes are emulated, mmio.c) */
+enum { MT_NORMAL = 0, MT_DEVICE = 1, MT_ROM = 2 };
+/* K_HOST_DMA: QEMU's fw_cfg DMA wrote guest RAM.  op: the request's control bits (FWCFG_*)
+ * with bit 0 = ERROR as QEMU left it; flags: the selected fw_cfg item */
+#define FWCFG_ERROR     0x01
+#define FWCFG_READ      0x02
+#define FWCFG_SKIP      0x04
+#define FWCFG_SELECT    0x08
+#define FWCFG_WRITE     0x10
 /* K_S2_MAP / K_S2_PERM flags: permissions now in the descriptor */
 #define PERM_R 1
 #define PERM_W 2
@@ -130,14 +138,15 @@ enum diag {
     D_UNKNOWN_TRAP = 1, D_OUTSIDE = 2, D_RING_FULL = 3, D_EL2_EXCEPTION = 4, D_PARAMS = 5,
     D_NO_DTB = 6, D_POOL = 7, D_FAULT_STATUS = 8, D_SYSREG = 9, D_VCPUS = 10, D_MEMORY = 11,
     D_SHIM_MEMORY = 12, D_EL2_INTERRUPT = 13, D_FWB_MISSING = 14, D_NOT_EL2 = 15,
-    D_CPU = 16,
+    D_CPU = 16, D_MMIO = 17,
 };
 
 /* Statistics: ring_header.stat[] */
 enum stat {
     ST_TRAPS, ST_DABT, ST_IABT, ST_MAP_NORMAL, ST_MAP_DEVICE, ST_EXEC_GRANT, ST_DC_BYTES,
     ST_IC_OPS, ST_FLUSH_VM, ST_SYSREG, ST_SET_WAY, ST_SMC, ST_HVC, ST_SPURIOUS, ST_TABLES,
-    ST_VCPUS, ST_GUEST_CMO, ST_COUNT,
+    ST_VCPUS, ST_GUEST_CMO, ST_MAP_ROM, ST_ROM_WRITES, ST_FWCFG, ST_HOST_DMA, ST_HOST_DMA_BYTES,
+    ST_COUNT,
 };
 
 struct ring_header {            /* at symbol shim_ring (page-aligned), 4 KiB */
@@ -172,7 +181,8 @@ struct ring_header {            /* at symbol shim_ring (page-aligned), 4 KiB */
     u64 stalls;                 /* 0x0c8 FULL_WAIT: times a writer waited for the consumer */
     u64 observe;                /* 0x0d0 */
     u64 mmio_count;             /* 0x0d8 entries in mmio[] */
-    u64 pad0[4];                /* 0x0e0 */
+    u64 fw_cfg[2];              /* 0x0e0 fw_cfg MMIO window (base, size; 0: none) */
+    u64 pad0[2];                /* 0x0f0 */
     u64 stat[32];               /* 0x100 enum stat */
     struct record diag;         /* 0x200 the last diagnostic, kept even when the ring is full */
     u64 mpidr[MAX_VCPUS];       /* 0x240 MPIDR of each vCPU slot (0: never started) */
@@ -213,6 +223,9 @@ struct config {                 /* parameters after validation; lives in .data *
     u64 uart;
     u64 mmio_count;
     u64 mmio[64][2];
+    u64 rom_count;
+    u64 rom[8][2];              /* cfi-flash windows: Normal read-only at stage 2 */
+    u64 fwcfg_base, fwcfg_size; /* qemu,fw-cfg-mmio: never mapped, every access emulated */
     u64 initrd_start, initrd_end;
     u64 s2fwb;                  /* the CPU has FEAT_S2FWB */
     u64 dminline, iminline;     /* cache line bytes */
@@ -249,7 +262,12 @@ void flush_vm(struct vcpu *v, int reason, u64 pc);
 void dcache_clean_inval(u64 pa, u64 size);
 void icache_inval(u64 pa, u64 size);
 bool ipa_is_ram(u64 ipa);
+bool ipa_is_rom(u64 ipa);
+bool ipa_is_fwcfg_page(u64 ipa);
 int mmio_find(u64 ipa);
+
+/* mmio.c */
+void mmio_emulate(struct vcpu *v, struct frame *f, u64 esr, u64 ipa, u64 pc);
 
 /* policy.c */
 void policy_vcpu_reset(struct vcpu *v);

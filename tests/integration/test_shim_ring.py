@@ -43,9 +43,9 @@ def linux(shim: ShimImage, images: Path, params: ShimParams, **kw) -> ShimSessio
     return ShimSession(config, shim, **kw)
 
 
-@pytest.mark.parametrize("where", ["ram", "uart"])
+@pytest.mark.parametrize("where", ["ram", "uart", "flash"])
 def test_probe_of_ram_and_mmio_runs(shim, where):
-    address = {"ram": RAM_BASE + 0x1000, "uart": 0x0900_0000}[where]
+    address = {"ram": RAM_BASE + 0x1000, "uart": 0x0900_0000, "flash": 0x0400_0008}[where]
     with probe(shim, address) as s:
         assert s.wait(timeout=30) == "exit"
         assert "PROBE-OK" in s.console()
@@ -53,7 +53,23 @@ def test_probe_of_ram_and_mmio_runs(shim, where):
         assert "diag" not in kinds and s.header().halted is None
         maps = [e for e in s.events if e.kind == "s2-map" and e.ipa <= address < e.ipa + e.size]
         assert len(maps) == 1
-        assert maps[0].extra["memtype"] == ("normal" if where == "ram" else "device")
+        # cfi-flash: Normal and read-only at stage 2 (KVM's read-only memslot)
+        memtype = {"ram": "normal", "uart": "device", "flash": "rom"}[where]
+        assert maps[0].extra["memtype"] == memtype
+        assert maps[0].extra["perms"] == ("r" if where == "flash" else "rw")
+
+
+def test_probe_of_fw_cfg_is_emulated(shim):
+    """fw_cfg is never mapped: the shim performs the guest's 8-byte load of its data register
+    from EL2 (item 0 after reset: the "QEMU" signature) and returns the value."""
+    with probe(shim, 0x0902_0000) as s:
+        assert s.wait(timeout=30) == "exit"
+        h = s.header()
+        assert h.halted is None and h.fw_cfg == (0x0902_0000, 0x18)
+        assert "PROBE-OK 0x00000000554d4551" in s.console()
+        assert not [e for e in s.events if e.kind in ("s2-fault", "s2-map") and
+                    e.ipa >> 12 == 0x0902_0000 >> 12]
+        assert h.stats["fw_cfg"] == 1 and h.stats["dabt"] >= 1
 
 
 def test_access_outside_ram_and_mmio_is_a_fatal_diagnostic(shim):

@@ -80,11 +80,37 @@ def test_ring_is_consistent(booted):
             pages = set(range(e.ipa, e.ipa + e.size, 4096))
             assert not pages & seen
             seen |= pages
-            assert e.extra["memtype"] == "device" or h.ram_base <= e.ipa < h.ram_end
-    # U-Boot runs from flash: device pages executed, never cleaned
+            assert (e.extra["memtype"] in ("device", "rom")) != (h.ram_base <= e.ipa < h.ram_end)
+    # U-Boot runs from flash (and probes it with CFI commands): KVM's read-only memslot, Normal
+    # and read-only at stage 2, writes emulated; KVM cleans it like any new cacheable leaf
     flash = [e for e in events if e.kind == "s2-map" and e.ipa < 0x0800_0000]
-    assert flash and all(e.extra["memtype"] == "device" for e in flash)
-    assert not [e for e in events if e.kind == "dc" and e.ipa < 0x0800_0000]
+    assert flash and all(e.extra["memtype"] == "rom" and "w" not in e.extra["perms"]
+                         for e in flash)
+    assert any("x" in e.extra["perms"] for e in flash) and h.stats["rom_writes"] > 0
+    assert h.stats["map_rom"] == len(flash)
+    cleaned = {e.ipa for e in events if e.kind == "dc" and e.ipa < 0x0800_0000}
+    if policy == "kvm":
+        assert cleaned == {e.ipa for e in flash}
+    elif policy in ("fwb", "none", "xen"):
+        assert not cleaned
+
+
+def test_kernel_and_initrd_arrive_by_host_dma(booted, uboot_images):
+    """U-Boot's qfw loads -kernel/-initrd/-append with fw_cfg DMA: QEMU writes guest RAM
+    (the shim performs the doorbell write and records it as host-dma)."""
+    policy, smp, why, s, h, wall = booted
+    dma = [e for e in s.events if e.kind == "host-dma"]
+    assert dma and h.stats["host_dma"] == len(dma)
+    assert h.stats["host_dma_bytes"] == sum(e.size for e in dma)
+    assert all(h.ram_base <= e.pa and e.pa + e.size <= h.ram_end and e.vcpu == 0 and
+               e.extra["control"] == ["read", "select"] for e in dma)
+    by_item = collections.defaultdict(int)
+    for e in dma:
+        by_item[e.extra["selector"]] += e.size
+    assert by_item[0x11] == (uboot_images / "vmlinuz").stat().st_size       # FW_CFG_KERNEL_DATA
+    assert by_item[0x12] == (uboot_images / "initramfs.cpio.gz").stat().st_size  # INITRD_DATA
+    # nothing maps the fw_cfg page
+    assert not [e for e in s.events if e.kind == "s2-map" and e.ipa >> 12 == h.fw_cfg[0] >> 12]
 
 
 def test_policy_reaction_to_set_way(booted):
