@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "shim"
 BUILD_SCRIPT = ROOT / "scripts" / "build-shim"
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")       # Debian's u-boot-qemu
+EDK2 = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")      # Debian's qemu-efi-aarch64
 
 PARAMS_MAGIC = 0x31504D4948533253          # "S2SHIMP1"
 PARAMS_VERSION = 1
@@ -174,15 +175,15 @@ def shim_config(payload: Path | None, params: ShimParams, *, shim: ShimImage | N
                       extra=["-no-reboot", *(extra or [])], **qemu_kw)
 
 
-def uboot_config(params: ShimParams, *, kernel: Path, initrd: Path | None = None,
-                 append: str | None = None, shim: ShimImage | None = None,
-                 bios: Path = UBOOT, memory: int | str = "512M", smp: int = 1,
-                 cpu: str = "max,pauth-impdef=on", machine: str = "virt,virtualization=on",
-                 extra: list[str] | None = None, **qemu_kw) -> QemuConfig:
-    """U-Boot (``-bios``, runs from flash at 0) under the shim, booting ``kernel`` with its
-    default bootcmd (QEMU hands -kernel/-initrd/-append to it through fw_cfg).  The shim goes
-    in as an ELF with ``-device loader,cpu-num=0`` (its entry wins over the reset vector) and
-    finds the DTB QEMU put at the base of RAM."""
+def firmware_config(params: ShimParams, *, bios: Path, kernel: Path | None = None,
+                    initrd: Path | None = None, append: str | None = None,
+                    shim: ShimImage | None = None, memory: int | str = "512M", smp: int = 1,
+                    cpu: str = "max,pauth-impdef=on", machine: str = "virt,virtualization=on",
+                    extra: list[str] | None = None, **qemu_kw) -> QemuConfig:
+    """Firmware (``-bios``: QEMU puts it in virt's flash at 0) under the shim, which enters it
+    at EL1 at 0.  The shim goes in as an ELF with ``-device loader,cpu-num=0`` (its entry wins
+    over the reset vector) and finds the DTB QEMU put at the base of RAM; QEMU hands
+    -kernel/-initrd/-append to the firmware through fw_cfg."""
     shim = shim or ShimImage.load()
     if "virtualization=on" not in machine:
         raise ShimError("the shim needs -M ...,virtualization=on (it runs at EL2)")
@@ -192,6 +193,23 @@ def uboot_config(params: ShimParams, *, kernel: Path, initrd: Path | None = None
     return QemuConfig(machine=machine, cpu=cpu, memory=memory, smp=smp, bios=bios,
                       kernel=kernel, initrd=initrd, append=append, loaders=loaders,
                       extra=["-no-reboot", *(extra or [])], **qemu_kw)
+
+
+def uboot_config(params: ShimParams, *, kernel: Path, bios: Path = UBOOT,
+                 **kw) -> QemuConfig:
+    """U-Boot (runs from flash) under the shim, booting ``kernel`` with ``booti`` from its
+    default bootcmd (qfw: fw_cfg DMA).  Other keywords: ``firmware_config``."""
+    return firmware_config(params, bios=bios, kernel=kernel, **kw)
+
+
+def edk2_config(params: ShimParams, *, kernel: Path, bios: Path = EDK2,
+                **kw) -> QemuConfig:
+    """EDK2 (ArmVirtQemu, runs from flash) under the shim, booting ``kernel`` through its EFI
+    stub: EDK2's platform boot manager loads -kernel/-initrd over fw_cfg DMA and starts the
+    Image as an EFI application before any boot option.  Without a variable-store image the
+    second flash bank is blank and EDK2 formats it (flash writes, emulated by the shim).
+    Other keywords: ``firmware_config``."""
+    return firmware_config(params, bios=bios, kernel=kernel, **kw)
 
 
 class ShimSession:
