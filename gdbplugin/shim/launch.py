@@ -207,7 +207,7 @@ def edk2_config(params: ShimParams, *, kernel: Path, bios: Path = EDK2,
     """EDK2 (ArmVirtQemu, runs from flash) under the shim, booting ``kernel`` through its EFI
     stub: EDK2's platform boot manager loads -kernel/-initrd over fw_cfg DMA and starts the
     Image as an EFI application before any boot option.  Without a variable-store image the
-    second flash bank is blank and EDK2 formats it (flash writes, emulated by the shim).
+    second flash bank holds no variable store and EDK2 formats it (flash writes, emulated by the shim).
     Other keywords: ``firmware_config``."""
     return firmware_config(params, bios=bios, kernel=kernel, **kw)
 

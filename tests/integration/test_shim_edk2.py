@@ -4,10 +4,10 @@ policy, ``observe=2`` (every SCTLR_EL1 write trapped), 1 and 2 vCPUs.
 
 What EDK2 adds over U-Boot for a hypervisor: its first stage-1 tables live in flash (a
 stage-1 walk reads a flash page: with HCR_EL2.PTW that page must be Normal at stage 2, which
-is why the shim maps cfi-flash like KVM's read-only memslot), it formats the blank variable
-store in the second flash bank (flash writes the shim emulates from EL2), and it reads the
-kernel and initrd with fw_cfg DMA in 1 MiB pieces (host writes into guest RAM, recorded as
-``host-dma``).  One boot per vCPU count, ~5-10 s each; all checks share it.
+is why the shim maps cfi-flash like KVM's read-only memslot), it formats the variable store
+in the second flash bank, empty without a -drive for it (flash writes the shim emulates from
+EL2), and it reads the kernel (in 1 MiB pieces) and the initrd with fw_cfg DMA (host writes
+into guest RAM, recorded as ``host-dma``).  One boot per vCPU count, ~5-10 s each; all checks share it.
 """
 from __future__ import annotations
 
