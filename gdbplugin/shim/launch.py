@@ -206,9 +206,9 @@ def edk2_config(params: ShimParams, *, kernel: Path, bios: Path = EDK2,
                 **kw) -> QemuConfig:
     """EDK2 (ArmVirtQemu, runs from flash) under the shim, booting ``kernel`` through its EFI
     stub: EDK2's platform boot manager loads -kernel/-initrd over fw_cfg DMA and starts the
-    Image as an EFI application before any boot option.  Without a variable-store image the
-    second flash bank holds no variable store and EDK2 formats it (flash writes, emulated by the shim).
-    Other keywords: ``firmware_config``."""
+    Image as an EFI application before any boot option.  Without a -drive for it the second
+    flash bank holds no variable store and EDK2 formats it (flash writes, emulated by the
+    shim).  Other keywords: ``firmware_config``."""
     return firmware_config(params, bios=bios, kernel=kernel, **kw)
 
 
