@@ -7,7 +7,8 @@ stage-1 walk reads a flash page: with HCR_EL2.PTW that page must be Normal at st
 is why the shim maps cfi-flash like KVM's read-only memslot), it formats the variable store
 in the second flash bank, empty without a -drive for it (flash writes the shim emulates from
 EL2), and it reads the kernel (in 1 MiB pieces) and the initrd with fw_cfg DMA (host writes
-into guest RAM, recorded as ``host-dma``).  One boot per vCPU count, ~5-10 s each; all checks share it.
+into guest RAM, recorded as ``host-dma``).  One boot per vCPU count, ~5-10 s each; all checks
+share it.
 """
 from __future__ import annotations
 
