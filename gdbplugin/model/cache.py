@@ -22,6 +22,16 @@ PAGE_SHIFT = 12
 LINES_PER_PAGE = 1 << (PAGE_SHIFT - LINE_SHIFT)   # 64: one uint64 word per page
 FULL = np.uint64((1 << 64) - 1)
 STATES = ("dirty", "stale", "code")
+# Which line states each maintenance operation clears: the guest's DC by VA (to PoC; CVAU
+# only to PoU, no help to a non-cacheable observer; IVAC at EL1 with HCR_EL2.VM set is
+# performed as CIVAC), the hypervisor's maintenance, and I-cache invalidation.  The one place
+# this is said: the engine looks every operation up here.
+CLEARS: dict[str, tuple[str, ...]] = {
+    "civac": ("dirty", "stale"), "ivac": ("dirty", "stale"), "cvac": ("dirty",),
+    "cvap": ("dirty",), "cvadp": ("dirty",), "cvau": (),
+    "clean": ("dirty",), "inval": ("dirty", "stale"), "clean-inval": ("dirty", "stale"),
+    "icache-inval": ("code",),
+}
 
 
 class RamMap:

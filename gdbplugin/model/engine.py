@@ -7,8 +7,18 @@ an extra *observed* world applies the maintenance the traced hypervisor really d
 (``hyp-maintenance`` events), which answers "did it do it".
 
 Speed: runs of stage-2 faults and maps (the bulk of any boot) are replayed vectorized; other
-events one at a time.  The guest's own writes are rarely visible, so the model assumes a vCPU
-may write any page it has mapped, cacheably or not as its SCTLR_EL1 and stage 2 say.
+events one at a time.
+
+Guest writes are taken from evidence only, as KVM's dirty logging takes them: a stage-2 write
+fault (the write follows its resolution), an explicit ``guest-access`` write, a DC ZVA.  A trace
+whose hypervisor tracked writes (the shim maps pages read-only until the first write, and write-
+protects again at each epoch) says ``"writes": "tracked"`` in its header; otherwise writes after
+a page became writable are invisible, and the report says so.
+
+Checks that a guest may settle with its next instructions are *pending* per vCPU: the I-cache
+check of an I/M enable (Linux: ``msr sctlr_el1; isb; ic iallu``) and the caches-off check (U-Boot
+and Arm's sequence: clear C and M, then clean by set/way).  Each is settled at that vCPU's next
+event, after the maintenance it issues in between; other vCPUs' events do not settle it.
 """
 from __future__ import annotations
 
@@ -19,28 +29,28 @@ import numpy as np
 from ..arch.memtype import NORMAL_WB, effective
 from ..arch.sysregs import HCR_EL2, SCTLR_EL1
 from . import events as E
-from .cache import PAGE_SHIFT, RamMap, ShadowCache, line_masks
+from .cache import CLEARS, PAGE_SHIFT, RamMap, ShadowCache, line_masks
 from .hazards import INFO_KINDS, KINDS as HAZARD_KINDS, Finding
-from .policies import (CLEAN, CLEAN_INVAL, ICACHE_INVAL, INVAL, POLICIES, SCOPE_PAGES,
-                       SCOPE_RANGE, SCOPE_VM, Action, Policy)
+from .policies import (CLEAN, CLEAN_INVAL, ICACHE_INVAL, INVAL, POLICIES, SCOPE_ALL,
+                       SCOPE_PAGES, SCOPE_RANGE, SCOPE_VM, Action, Policy)
 
 PAGE = 1 << PAGE_SHIFT
 ALL_RULES = ["-"] + sorted({r for p in POLICIES.values() for r in p.RULES})
 RULE_INDEX = {r: i for i, r in enumerate(ALL_RULES)}
 M_C = SCTLR_EL1.fields["M"].mask | SCTLR_EL1.fields["C"].mask
+M_C_I = M_C | SCTLR_EL1.fields["I"].mask
+CTR_DIC = 1 << 29                  # CTR_EL0.DIC: no I-cache invalidation needed for coherence
 KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 # Kinds replayed vectorized: stage-2 faults and maps, and the line clears that commute with
 # everything in a run except a map of the same page (guest DC by VA, traced hypervisor
 # maintenance of the D-side), plus TLBIs, which change nothing here.
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va",
                                                    "hyp-maintenance", "tlbi")], dtype=np.uint8)
-CLEAR_NAMES = {("cmo-va", "civac"): ("dirty", "stale"), ("cmo-va", "ivac"): ("dirty", "stale"),
-               ("cmo-va", "cvac"): ("dirty",), ("cmo-va", "cvap"): ("dirty",),
-               ("cmo-va", "cvadp"): ("dirty",), ("cmo-va", "cvau"): (),
-               ("hyp-maintenance", "clean"): ("dirty",),
-               ("hyp-maintenance", "inval"): ("dirty", "stale"),
-               ("hyp-maintenance", "clean-inval"): ("dirty", "stale")}
 OBSERVED = "observed"
+# Events a vCPU issues that may settle its pending checks (hyp-maintenance is the hypervisor's).
+MAINTENANCE = frozenset({"set-way", "cmo-va", "ic-inval"})
+VCPU_KINDS = frozenset(k for k, fields in E.KINDS.items() if any(f.name == "vcpu" for f in fields)
+                       ) - {"hyp-maintenance"}
 
 
 @dataclass
@@ -64,6 +74,7 @@ class Vcpu:
     online: bool = False
     was_online: bool = False
     caches_ever_on: bool = False
+    pending: dict = field(default_factory=dict)   # hazard kind -> ctx of a check to settle
 
     @property
     def caches_on(self) -> bool:
@@ -79,17 +90,22 @@ class World:
         self.cache = ShadowCache(ram)
         self.cleaned_by = np.zeros(ram.pages, dtype=np.uint8)   # rule of the last D-side clean
         self.icache_by = np.zeros(ram.pages, dtype=np.uint8)    # rule of the last I-side inval
+        self.executable = np.zeros(ram.pages, dtype=bool)       # leaf executable in this world
         self.cost = Cost()
         self.findings: list[Finding] = []
         self._cacheable: dict[tuple[int, int, int], bool] = {}
 
+    @property
+    def observed(self) -> bool:
+        return self.name == OBSERVED
+
     def cacheable(self, vcpu: Vcpu, memattr: int) -> bool:
-        """Are the vCPU's data accesses to a page of this stage-2 MemAttr cacheable here?"""
-        key = (vcpu.sctlr & M_C, vcpu.hcr, memattr)
+        """Are the vCPU's data accesses to a page of this stage-2 MemAttr cacheable here?  The
+        observed world runs with the traced HCR_EL2; a policy's world with its own bits."""
+        hcr = (vcpu.hcr | HCR_EL2.fields["VM"].mask) if self.observed else self.policy.hcr
+        key = (vcpu.sctlr & M_C, hcr, memattr)
         hit = self._cacheable.get(key)
         if hit is None:
-            hcr = vcpu.hcr | (HCR_EL2.fields["FWB"].mask if self.policy.fwb else 0)
-            hcr |= HCR_EL2.fields["VM"].mask
             hit = self._cacheable[key] = effective(
                 vcpu.sctlr, hcr, NORMAL_WB, self.policy.stage2_memattr(memattr, True)).cacheable
         return hit
@@ -124,6 +140,9 @@ class Replay:
         names = list(POLICIES) if policies is None else policies
         self.worlds = {n: World(n, POLICIES[n](self.nvcpus), self.ram) for n in names}
         self.host_zero = header.get("host_zero_ram", True)
+        self.writes_tracked = header.get("writes") == "tracked"
+        cpu = header.get("cpu") or {}
+        self.dic = bool(int(cpu.get("ctr_el0", 0)) & CTR_DIC)
         self.mapped = np.zeros(self.ram.pages, dtype=bool)
         self.ever_mapped = np.zeros(self.ram.pages, dtype=bool)
         self.memattr = np.zeros(self.ram.pages, dtype=np.uint8)
@@ -134,12 +153,11 @@ class Replay:
         self.window = {"start_seq": None, "end_seq": None, "first_maps_inside": 0,
                        "first_maps_outside": 0, "pages_inside": 0, "pages_outside": 0}
         self.any_mmu_enabled = False
-        self.last_fault = {}                  # vcpu -> (pc, el, access, IPA page)
+        self.last_fault = {}                  # vcpu -> (pc, el, access code, IPA page)
         self.last_fault_vcpu = 0
         self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
-        self.icache_check = None          # (ctx, vcpu) of an I-cache enable to settle
         self._open_first_map: dict[str, tuple] = {}   # world -> (finding, its run's outcome)
 
     # -- driving ------------------------------------------------------------------------
@@ -173,27 +191,45 @@ class Replay:
         self.counts = {E.KIND_NAMES[k]: int(c) for k, c in zip(kinds, counts)}
         return Result(self.worlds, self.transitions, self.maps, self.unmaps, self.stats())
 
-    def settle_icache(self, e=None) -> None:
-        """The I-cache check of an I/M 0->1 write, made at the next event: an IC IALLU(IS) by
-        the same vCPU right after the write (Linux's set_sctlr_el1 does msr; isb; ic iallu)
-        discards stale lines before anything new is fetched, so it covers the enable."""
-        if self.icache_check is None:
+    def settle(self, v: int, e=None) -> None:
+        """Settle vCPU ``v``'s pending checks at its event ``e`` (None: the end of the trace),
+        before ``e`` takes effect.  The I-cache check of an I/M 0->1 write: an IC IALLU(IS)
+        right after the write discards stale lines before anything new is fetched, so it
+        covers the enable; anything else and it is checked now.  The caches-off check waits
+        through the vCPU's maintenance (set/way, DC, IC) and is checked at its next other
+        event."""
+        vc = self.vcpus[v]
+        if not vc.pending:
             return
-        ctx, vc = self.icache_check
-        self.icache_check = None
-        if e is not None and E.KIND_NAMES[e["kind"]] == "ic-inval" \
-                and int(e["vcpu"]) == ctx["vcpu"] and E.IC_OPS[e["op"]] != "ivau":
+        kind = E.KIND_NAMES[e["kind"]] if e is not None else None
+        ctx = vc.pending.pop("icache-not-invalidated", None)
+        if ctx is not None and not (kind == "ic-inval" and E.IC_OPS[e["op"]] != "ivau"):
+            self.check_icache(ctx, vc)
+        if kind in MAINTENANCE:
             return
-        self.check_mapped("icache-not-invalidated", "code", ctx, vc)
+        ctx = vc.pending.pop("caches-off-after-boot", None)
+        if ctx is not None:
+            self.check_mapped("caches-off-after-boot", "dirty", ctx, vc)
+
+    def _vcpu_of(self, e) -> int | None:
+        """The vCPU that issued event ``e``, if any."""
+        kind = E.KIND_NAMES[e["kind"]]
+        if kind not in VCPU_KINDS:
+            return None
+        if kind == "s2-map" and not e["present"] & E.OPTIONAL_BIT["vcpu"]:
+            return None
+        return int(e["vcpu"])
 
     def one(self, e, extras: dict) -> None:
-        self.settle_icache(e)
+        v = self._vcpu_of(e)
+        if v is not None:
+            self.settle(v, e)
         kind = E.KIND_NAMES[e["kind"]]
         seq = int(e["seq"])
         if kind != "set-way":
             self.set_way_open.clear()
         if kind == "vcpu-on":
-            self.vcpu_on(seq, int(e["vcpu"]))
+            self.vcpu_on(seq, int(e["vcpu"]), bool(e["op"]))
         elif kind == "vcpu-off":
             self.vcpus[int(e["vcpu"])].online = False
         elif kind == "sysreg-write":
@@ -202,7 +238,8 @@ class Replay:
         elif kind == "s2-unmap":
             self.unmap(int(e["addr"]), int(e["size"]))
         elif kind == "s2-attr":
-            self.attr(int(e["addr"]), int(e["size"]), int(e["memattr"]))
+            xn = int(e["xn"]) if e["present"] & E.OPTIONAL_BIT["xn"] else None
+            self.attr(int(e["addr"]), int(e["size"]), int(e["memattr"]), xn)
         elif kind == "host-write":
             self.host_write(seq, E.SOURCES[e["op"]], int(e["pa"]), int(e["size"]))
         elif kind == "guest-access":
@@ -216,7 +253,7 @@ class Replay:
             op = E.IC_OPS[e["op"]]
             if op == "ivau" and e["present"] & E.OPTIONAL_BIT["pa"]:
                 for w in self.worlds.values():
-                    w.cache.clear(["code"], int(e["pa"]), int(e["size"]) or 4)
+                    w.cache.clear(CLEARS["icache-inval"], int(e["pa"]), int(e["size"]) or 4)
             elif op != "ivau":
                 for w in self.worlds.values():
                     w.cache.bits["code"][:] = 0
@@ -234,7 +271,10 @@ class Replay:
         rule = RULE_INDEX.get(a.rule, 0)
         if a.scope == SCOPE_VM:
             pages = np.flatnonzero(self.mapped)
-            w.cost.vm_flushes += 1
+            w.cost.vm_flushes += a.op != ICACHE_INVAL
+            w.cost.operations += 1
+        elif a.scope == SCOPE_ALL:
+            pages = np.arange(self.ram.pages)
             w.cost.operations += 1
         elif a.scope == SCOPE_RANGE:
             pages = None
@@ -249,11 +289,10 @@ class Replay:
         if a.op == ICACHE_INVAL:
             w.cost.icache_invalidations += 1 if a.scope != SCOPE_PAGES \
                 else (len(pages) if ops is None else ops)
-            self._clear(w, ["code"], a, pages)
+            self._clear(w, CLEARS[a.op], a, pages)
             self._mark(w.icache_by, rule, a, pages)
             return
-        names = {CLEAN: ["dirty"], CLEAN_INVAL: ["dirty", "stale"], INVAL: ["dirty", "stale"]}
-        self._clear(w, names[a.op], a, pages)
+        self._clear(w, CLEARS[a.op], a, pages)
         self._mark(w.cleaned_by, rule, a, pages)
         if a.op in (CLEAN, CLEAN_INVAL):
             w.cost.bytes_cleaned += nbytes
@@ -274,16 +313,16 @@ class Replay:
             arr[pages] = rule
 
     # -- events ---------------------------------------------------------------------------
-    def vcpu_on(self, seq: int, v: int) -> None:
+    def vcpu_on(self, seq: int, v: int, reinit: bool) -> None:
+        """A vCPU enters the guest with its MMU and caches off (reset, or PSCI CPU_ON)."""
         vc = self.vcpus[v]
-        reinit = vc.was_online
+        first = not vc.was_online
         vc.online = vc.was_online = True
-        if reinit:
-            vc.sctlr = 0
+        vc.sctlr &= ~M_C_I
         if self.window["start_seq"] is None:
             self.window["start_seq"] = seq
         for w in self.worlds.values():
-            for a in w.policy.on_vcpu_on(v, reinit) if w.name != OBSERVED else []:
+            for a in w.policy.on_vcpu_on(v, first, reinit) if not w.observed else []:
                 self.apply(w, a)
 
     def host_write(self, seq: int, source: str, pa: int, size: int) -> None:
@@ -291,7 +330,7 @@ class Replay:
         for w in self.worlds.values():
             w.cache.set(["dirty", "code"], pa, size)
             w.cache.clear(["stale"], pa, size)
-            if w.name != OBSERVED:
+            if not w.observed:
                 for a in w.policy.on_host_write(source, pa, size):
                     self.apply(w, a)
         if seq >= 0 and any(vc.online for vc in self.vcpus):
@@ -307,17 +346,23 @@ class Replay:
             state = "dirty" if w.cacheable(vc, memattr) else "stale"
             w.cache.set([state, "code"], pa, size)
 
+    def guest_writes(self, vcpus: np.ndarray, pages: np.ndarray) -> None:
+        """vCPU ``vcpus[i]`` wrote somewhere in RAM page ``pages[i]`` (a write fault's page):
+        every line of it may now be dirty (cacheable write) or stale (non-cacheable)."""
+        for w in self.worlds.values():
+            for v in np.unique(vcpus).tolist():
+                mine = pages[vcpus == v]
+                ok = self._cacheable_pages(w, self.vcpus[v], mine)
+                w.cache.set_pages(["dirty", "code"], mine[ok])
+                w.cache.set_pages(["stale", "code"], mine[~ok])
+
     def cmo(self, v: int, op: str, pa: int, size: int) -> None:
-        """DC by VA from the guest: to PoC for civac/cvac/ivac/cvap/cvadp; cvau stops at PoU,
-        which is no help to a non-cacheable observer; zva writes zeros."""
+        """DC by VA from the guest (cache.CLEARS says what each clears); zva writes zeros."""
         if op == "zva":
             self.guest_access(v, "write", pa, size)
             return
-        names = {"civac": ["dirty", "stale"], "ivac": ["dirty", "stale"], "cvac": ["dirty"],
-                 "cvap": ["dirty"], "cvadp": ["dirty"]}.get(op)
-        if names:
-            for w in self.worlds.values():
-                w.cache.clear(names, pa, size)
+        for w in self.worlds.values():
+            w.cache.clear(CLEARS[op], pa, size)
 
     def unmap(self, ipa: int, size: int) -> None:
         self.unmaps += 1
@@ -326,16 +371,22 @@ class Replay:
             idx = self.ram.page_index(pa_page << PAGE_SHIFT)
             if idx >= 0:
                 self.mapped[idx] = False
+                self.ever_mapped[idx] = False       # a new fault there is a first map again
                 for w in self.worlds.values():
-                    if w.name != OBSERVED:
+                    w.executable[idx] = False
+                    if not w.observed:
                         for a in w.policy.on_unmap(pa_page << PAGE_SHIFT, PAGE):
                             self.apply(w, a)
 
-    def attr(self, ipa: int, size: int, memattr: int) -> None:
+    def attr(self, ipa: int, size: int, memattr: int, xn: int | None) -> None:
+        """A mapped leaf's attributes change.  Its execute permission counts only in the
+        observed world: a policy's world decides executability by its own rule."""
         for ipa_page in E.pages(ipa, size):
             idx = self.ram.page_index(self.pa_of_ipa.get(ipa_page, ipa_page) << PAGE_SHIFT)
             if idx >= 0:
                 self.memattr[idx] = memattr
+                if OBSERVED in self.worlds and self.mapped[idx]:
+                    self.worlds[OBSERVED].executable[idx] = not xn
 
     def sysreg_write(self, seq: int, e, reg: str) -> None:
         v, old, new = int(e["vcpu"]), int(e["old"]), int(e["new"])
@@ -349,32 +400,42 @@ class Replay:
             return
         if reg != "SCTLR_EL1":
             return
+        ctx = dict(seq=seq, vcpu=v, pc=pc, el=el, sctlr=new)
+        if (old ^ vc.sctlr) & M_C_I:
+            self.unobserved_transition(ctx, vc.sctlr, old)
+            vc.sctlr = old
+            vc.caches_ever_on |= old & M_C == M_C
         was_on = old & M_C == M_C
         now_on = new & M_C == M_C
         bit = lambda value, f: SCTLR_EL1.get(value, f)  # noqa: E731
         mmu_now = bool(bit(new, "M"))
         for w in self.worlds.values():
-            if w.name != OBSERVED:
+            if not w.observed:
                 for a in w.policy.on_sctlr(v, was_on, now_on, mmu_now):
                     self.apply(w, a)
         vc.sctlr = new
-        ctx = dict(seq=seq, vcpu=v, pc=pc, el=el, sctlr=new)
         if now_on and not was_on:
             self.check_mapped("stage1-enable-stale", "stale", ctx, vc)
         if vc.caches_ever_on and was_on and not now_on:
-            self.check_mapped("caches-off-after-boot", "dirty", ctx, vc)
+            vc.pending["caches-off-after-boot"] = ctx
         if (not bit(old, "I") and bit(new, "I")) or (not bit(old, "M") and mmu_now):
-            self.icache_check = (ctx, vc)      # settled at the vCPU's next event
+            vc.pending["icache-not-invalidated"] = ctx
         vc.caches_ever_on |= now_on
         if mmu_now and not self.any_mmu_enabled:
             self.any_mmu_enabled = True
             self.window["end_seq"] = seq
-        # From now on the vCPU may write any mapped page, cacheably or not.
-        mapped = np.flatnonzero(self.mapped)
+
+    def unobserved_transition(self, ctx: dict, tracked: int, old: int) -> None:
+        """The write says SCTLR_EL1 was ``old``; the model last saw ``tracked``: an M, C or I
+        change happened that the capture did not record (an info finding, never silent)."""
+        names = ("M", "C", "I")
+        diff = ", ".join(f"{n} {SCTLR_EL1.get(tracked, n)}->{SCTLR_EL1.get(old, n)}"
+                         for n in names if SCTLR_EL1.get(tracked, n) != SCTLR_EL1.get(old, n))
+        text = (f"SCTLR_EL1 of vCPU {ctx['vcpu']} changed without a recorded write ({diff}; "
+                f"tracked {tracked:#x}, the write's old value {old:#x}): adopted from here")
         for w in self.worlds.values():
-            ok = self._cacheable_pages(w, vc, mapped)
-            w.cache.set_pages(["dirty"], mapped[ok])
-            w.cache.set_pages(["stale"], mapped[~ok])
+            w.findings.append(Finding("unobserved-transition", ctx["seq"], ctx["vcpu"],
+                                      ctx["pc"], ctx["el"], old, message=text))
 
     def _cacheable_pages(self, w: World, vc: Vcpu, pages: np.ndarray) -> np.ndarray:
         """Per page: the vCPU's data accesses to it are cacheable in world ``w``."""
@@ -388,7 +449,7 @@ class Replay:
         """One finding per sweep (consecutive set/way operations of a vCPU), counting them."""
         v = int(e["vcpu"])
         for w in self.worlds.values():
-            if w.name != OBSERVED:
+            if not w.observed:
                 for a in w.policy.on_set_way(v):
                     self.apply(w, a)
         op = f"DC {E.SET_WAY_OPS[e['op']].upper()}"
@@ -401,13 +462,14 @@ class Replay:
         pc = int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None
         el = int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None
         fires = {name: w.policy.traps_set_way() is None for name, w in self.worlds.items()}
-        rules = {name: [w.policy.traps_set_way()] for name, w in self.worlds.items()}
         made = []
         for name, w in self.worlds.items():
             if fires[name]:
                 f = Finding("set-way-op", seq, v, pc, el, self.vcpus[v].sctlr,
                             message=f"{op} by set/way: 1 operation in this sweep")
-                f.covered_by, f.observed = self._coverage(name, fires, rules, None)
+                f.covered_by, f.observed = self._coverage(
+                    name, fires, lambda other: [self.worlds[other].policy.traps_set_way()],
+                    None)
                 w.findings.append(f)
                 made.append(f)
         self.set_way_open[v] = [1, made]
@@ -417,17 +479,29 @@ class Replay:
         """Hazard over every mapped RAM page with ``state`` lines, world by world; in a world
         where the vCPU's accesses stay cacheable the non-cacheable kinds cannot happen."""
         mapped = np.flatnonzero(self.mapped)
-        fires, rules = {}, {}
+        fires = {}
         for name, w in self.worlds.items():
             hit = mapped[w.cache.pages_with(state, mapped)]
             if kind == "caches-off-after-boot" and hit.size:
                 hit = hit[~self._cacheable_pages(w, vc, hit)]
             fires[name] = hit
-            rules[name] = self._rules_for(w, kind, mapped)
-        self._emit_pages(kind, fires, rules, ctx)
+        self._emit_pages(kind, fires, ctx)
+
+    def check_icache(self, ctx, vc):
+        """icache-not-invalidated: code written since the last I-cache invalidation that
+        covers it, on pages the vCPU can fetch from in each world (a page not yet executable
+        under an exec-on-demand policy gets its invalidation when it becomes executable).
+        With CTR_EL0.DIC the I-cache is coherent with the D-side: nothing to find."""
+        if self.dic:
+            return
+        fires = {}
+        for name, w in self.worlds.items():
+            pages = np.flatnonzero(self.mapped & w.executable)
+            fires[name] = pages[w.cache.pages_with("code", pages)]
+        self._emit_pages("icache-not-invalidated", fires, ctx)
 
     def check_mismatched_alias(self, seq, pa, size):
-        fires, rules = {}, {}
+        fires = {}
         pages = np.array([p for fp, _, lp, _ in self.ram.clip(pa, size)
                           for p in range(fp, lp + 1)], dtype=np.int64)
         pages = pages[self.mapped[pages]] if pages.size else pages
@@ -437,40 +511,47 @@ class Replay:
                 if vc.online:
                     nc |= ~self._cacheable_pages(w, vc, pages)
             fires[name] = pages[nc & w.cache.pages_with("dirty", pages)]
-            rules[name] = self._rules_for(w, "mismatched-alias", pages)
-        self._emit_pages("mismatched-alias", fires, rules, dict(seq=seq, vcpu=None))
+        self._emit_pages("mismatched-alias", fires, dict(seq=seq, vcpu=None))
 
     def _rules_for(self, w: World, kind: str, pages: np.ndarray) -> list[str]:
-        """The rules of ``w`` that would account for a finding on ``pages`` not firing."""
+        """The rules of ``w`` that would account for a finding on ``pages`` not firing: the
+        rule that last cleaned them, or for the I-side the one that last invalidated them, or
+        (exec-on-demand) the one that will invalidate when a fetch makes them executable."""
         if w.policy.type_rule() and kind != "icache-not-invalidated":
             return [w.policy.type_rule()]
         by = w.icache_by if kind == "icache-not-invalidated" else w.cleaned_by
         idx = np.unique(by[pages]) if pages.size else []
-        return [ALL_RULES[i] for i in idx if i]
+        out = [ALL_RULES[i] for i in idx if i]
+        if kind == "icache-not-invalidated" and pages.size and not w.executable[pages].all():
+            out += [a.rule for a in w.policy.on_exec_grant()]
+        return sorted(set(out))
 
-    def _emit_pages(self, kind, fires: dict[str, np.ndarray], rules, ctx) -> None:
+    def _emit_pages(self, kind, fires: dict[str, np.ndarray], ctx) -> None:
         """Findings for runs of contiguous pages, one list per world, with covered_by from the
-        worlds where those pages did not fire."""
+        worlds where none of those pages fired."""
         for name, w in self.worlds.items():
             for run in _runs(fires[name]):
                 f = Finding(kind, ctx["seq"], ctx.get("vcpu"), ctx.get("pc"), ctx.get("el"),
                             ctx.get("sctlr"), ipa=self._ipa(int(run[0])),
                             pa=self.ram.page_pa(int(run[0])), size=len(run) * PAGE,
                             message=HAZARD_KINDS[kind][2])
-                f.covered_by, f.observed = self._coverage(name, fires, rules, run)
+                f.covered_by, f.observed = self._coverage(
+                    name, fires, lambda other, run=run: self._rules_for(
+                        self.worlds[other], kind, run), run)
                 w.findings.append(f)
 
     def _coverage(self, name, fires, rules, run) -> tuple[list[str], bool | None]:
         """(rules of the other policies under which the hazard did not fire, whether the
         traced hypervisor's own maintenance covered it); ``run`` is the finding's pages, or
-        None for a hazard that is not about pages (``fires`` then holds booleans)."""
+        None for a hazard that is not about pages (``fires`` then holds booleans);
+        ``rules(world)`` names the rules of that world that kept it from firing."""
         covered, observed = set(), None
         for other, hit in fires.items():
             clear = (not hit) if run is None else not np.isin(run, hit).any()
             if other == OBSERVED:
                 observed = clear
             elif other not in (name, "none") and clear:
-                covered.update(r for r in rules[other] if r)
+                covered.update(r for r in rules(other) if r)
         return sorted(covered), observed
 
     def _ipa(self, page_index: int) -> int:
@@ -480,59 +561,140 @@ class Replay:
     # -- the vectorized stage-2 path --------------------------------------------------------
     def batch(self, ev: np.ndarray, extras: dict, base: int) -> None:
         """A run of faults, maps and line clears: no vCPU state changes inside it.  Clears
-        commute with each other and with maps of other pages, so each is applied before the
-        maps (if it precedes every map of its pages in the run) or after them; a clear between
-        two maps of the same page splits the run there."""
-        self.settle_icache(ev[0])
+        commute with each other and with page-state changes (maps, write and exec faults) of
+        other pages, so each is applied before them (if it precedes every change of its pages
+        in the run) or after them; a clear between two changes of the same page splits the
+        run there, and so do a page mapped twice or both written and fetched, and the event
+        at which a vCPU's pending check settles."""
+        while len(ev):
+            settle = self._settle_point(ev)
+            if settle is not None and settle[0] == 0:
+                self.settle(settle[1], ev[0])       # pops what settles here: no loop
+                continue
+            end = len(ev) if settle is None else settle[0]
+            n = self._run(ev[:end], extras, base)
+            ev, base = ev[n:], base + n
+
+    def _run(self, ev: np.ndarray, extras: dict, base: int) -> int:
+        """Replay the longest prefix of ``ev`` that needs no split; how many events it took."""
         kinds = ev["kind"]
         is_clear = (kinds == KIND["cmo-va"]) | (kinds == KIND["hyp-maintenance"])
-        before = np.zeros(len(ev), dtype=bool)
-        if is_clear.any():
-            before, split = self._order_clears(ev, is_clear)
-            if split is not None:
-                if split:
-                    self.batch(ev[:split], extras, base)
-                self.one(ev[split], extras.get(base + split, {}))
-                if split + 1 < len(ev):
-                    self.batch(ev[split + 1:], extras, base + split + 1)
-                return
+        state = self._page_changes(ev)
+        before, split = self._order(ev, is_clear, state)
+        if split is not None:
+            if split:
+                self._run(ev[:split], extras, base)   # conflict-free: taken whole
+            if not is_clear[split]:
+                return split
+            self.one(ev[split], extras.get(base + split, {}))
+            return split + 1
         self.set_way_open.clear()
         if before.any():
             self._clears(ev[before])
-        self._faults_and_maps(ev)
+        self._faults_and_maps(ev, state)
         after = is_clear & ~before
         if after.any():
             self._clears(ev[after])
+        return len(ev)
 
-    def _order_clears(self, ev, is_clear) -> tuple[np.ndarray, int | None]:
-        """Which clears go before the maps, and the first clear that must split the run."""
-        before = np.zeros(len(ev), dtype=bool)
+    def _settle_point(self, ev) -> tuple[int, int] | None:
+        """(index, vCPU) of the first event in the run at which a pending check settles."""
+        best = None
+        for v, vc in enumerate(self.vcpus):
+            if not vc.pending:
+                continue
+            mine = ev["vcpu"] == v
+            mine &= (ev["kind"] != KIND["hyp-maintenance"]) & (
+                (ev["kind"] != KIND["s2-map"]) | ((ev["present"] & E.OPTIONAL_BIT["vcpu"]) != 0))
+            if "icache-not-invalidated" not in vc.pending:
+                mine &= ev["kind"] != KIND["cmo-va"]
+            hit = np.flatnonzero(mine)
+            if hit.size and (best is None or hit[0] < best[0]):
+                best = (int(hit[0]), v)
+        return best
+
+    def _fault_pages(self, ev, faults: np.ndarray) -> np.ndarray:
+        """RAM page index of each fault's IPA (-1 outside RAM)."""
+        ipa_page = (ev["addr"][faults] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        if self.pa_of_ipa:
+            ipa_page = np.array([self.pa_of_ipa.get(p, p) for p in ipa_page.tolist()],
+                                dtype=np.int64)
+        return self.ram.page_index(ipa_page.astype(np.uint64) << np.uint64(PAGE_SHIFT))
+
+    def _page_changes(self, ev) -> dict:
+        """Which events of a run change the state of which RAM page: maps (every page) and
+        the write and exec faults on pages already mapped when they were taken (permission
+        faults, which take effect at the fault; a fault that a map answers takes effect with
+        that map)."""
         maps = np.flatnonzero(ev["kind"] == KIND["s2-map"])
-        if not maps.size:
-            return before, None
         m_idx, m_page, _, _ = self.ram.pieces(ev["pa"][maps], ev["size"][maps])
-        if not m_page.size:
+        m_who = maps[m_idx]
+        faults = np.flatnonzero(ev["kind"] == KIND["s2-fault"])
+        access = ev["access"][faults]
+        effect = faults[(access == E.ACCESS.index("write")) | (access == E.ACCESS.index("exec"))]
+        f_page = self._fault_pages(ev, effect) if effect.size else np.zeros(0, dtype=np.int64)
+        ok = f_page >= 0
+        effect, f_page = effect[ok], f_page[ok]
+        at_fault = self.mapped[f_page]
+        if m_page.size and f_page.size:
+            upages, first_at = np.unique(m_page, return_index=True)
+            pos = np.minimum(np.searchsorted(upages, f_page), upages.size - 1)
+            at_fault |= (upages[pos] == f_page) & (m_who[first_at][pos] < effect)
+        effect, f_page = effect[at_fault], f_page[at_fault]
+        return {"who": np.concatenate([m_who, effect]), "page": np.concatenate([m_page, f_page]),
+                "maps": maps, "faults": faults, "effects": effect, "effect_pages": f_page}
+
+    def _order(self, ev, is_clear, state) -> tuple[np.ndarray, int | None]:
+        """Which clears go before the page changes, and the first event that must split the
+        run (a clear between two changes of its page, or the later of a write and an exec
+        fault on one page)."""
+        before = np.zeros(len(ev), dtype=bool)
+        who, page = state["who"], state["page"]
+        if not who.size:
             return before, None
-        pages, first_at = np.unique(m_page, return_index=True)
-        first = maps[m_idx[first_at]]
-        _, last_at = np.unique(m_page[::-1], return_index=True)
-        last = maps[m_idx[::-1][last_at]]
+        # Effects of faults are applied after the run's maps, in no order among themselves:
+        # a page mapped twice, or written and fetched, needs its events in order.
+        cuts = []
+        is_fault = ev["kind"][who] == KIND["s2-fault"]
+        mw, mp = who[~is_fault], page[~is_fault]
+        if mp.size > 1 and np.bincount(mp).max() > 1:
+            order = np.lexsort((mw, mp))
+            twice = np.flatnonzero(mp[order][1:] == mp[order][:-1]) + 1
+            cuts.append(int(mw[order][twice].min()))
+        if is_fault.any():
+            fw, fp = who[is_fault], page[is_fault]
+            write = ev["access"][fw] == E.ACCESS.index("write")
+            if write.any() and not write.all():
+                cuts += [max(int(fw[write & (fp == p)].min()),
+                             int(fw[~write & (fp == p)].min()))
+                         for p in np.intersect1d(fp[write], fp[~write]).tolist()]
+        split = min(cuts) if cuts else None
         clears = np.flatnonzero(is_clear)
+        if not clears.size:
+            return before, split
+        if is_fault.any():
+            order = np.argsort(who, kind="stable")
+            who, page = who[order], page[order]
+        pages, first_at = np.unique(page, return_index=True)
+        first = who[first_at]
+        _, last_at = np.unique(page[::-1], return_index=True)
+        last = who[::-1][last_at]
         c_idx, c_page, _, _ = self.ram.pieces(ev["pa"][clears], ev["size"][clears])
         pos = np.searchsorted(pages, c_page)
         hit = (pos < pages.size) & (pages[np.minimum(pos, pages.size - 1)] == c_page)
         if not hit.any():
-            return before, None
-        who = clears[c_idx[hit]]
+            return before, split
+        c_who = clears[c_idx[hit]]
         f, la = first[pos[hit]], last[pos[hit]]
-        is_before, is_after = who < f, who > la
-        # Between two maps of a page, or before one page's map and after another's: split.
-        bad = np.union1d(who[~(is_before | is_after)],
-                         np.intersect1d(who[is_before], who[is_after]))
+        is_before, is_after = c_who < f, c_who > la
+        # Between two changes of a page, or before one page's change and after another's.
+        bad = np.union1d(c_who[~(is_before | is_after)],
+                         np.intersect1d(c_who[is_before], c_who[is_after]))
         if bad.size:
-            return before, int(bad.min())
-        before[who[is_before]] = True
-        return before, None
+            b = int(bad.min())
+            return before, b if split is None else min(b, split)
+        before[c_who[is_before]] = True
+        return before, split
 
     def _clears(self, ev: np.ndarray) -> None:
         """Guest DC by VA (every world) and traced hypervisor maintenance (the observed
@@ -549,7 +711,7 @@ class Replay:
             pages, inverse = np.unique(page[sel], return_inverse=True)
             mask = np.zeros(pages.size, dtype=np.uint64)
             np.bitwise_or.at(mask, inverse, masks[sel])
-            for name in CLEAR_NAMES[(kind, op)]:
+            for name in CLEARS[op]:
                 for wname, w in self.worlds.items():
                     if not observed_only or wname == OBSERVED:
                         w.cache.bits[name][pages] &= ~mask
@@ -560,13 +722,14 @@ class Replay:
                 c_.bytes_cleaned += nbytes if op in (CLEAN, CLEAN_INVAL) else 0
                 c_.bytes_invalidated += nbytes if op in (INVAL, CLEAN_INVAL) else 0
 
-    def _faults_and_maps(self, ev: np.ndarray) -> None:
-        """The stage-2 part of a run; clears and TLBIs in it are ignored here.  A map belongs
-        to its vCPU's latest fault (its own ``vcpu`` field, else the latest fault's); the map
-        is an exec map when that fault was an instruction fetch at the same IPA page."""
+    def _faults_and_maps(self, ev: np.ndarray, state: dict) -> None:
+        """The stage-2 part of a run; clears and TLBIs in it are ignored here.  A map answers
+        its vCPU's latest fault (the map's own ``vcpu`` field, else the latest fault's) when
+        that fault's IPA lies inside the map: an instruction fetch makes the new leaf
+        executable, a write writes the faulting page after the map.  A write or exec fault
+        on a page already mapped (a permission fault) takes effect at the fault."""
         kinds = ev["kind"]
-        maps = np.flatnonzero(kinds == KIND["s2-map"])
-        faults = np.flatnonzero(kinds == KIND["s2-fault"])
+        maps, faults = state["maps"], state["faults"]
         has_vcpu = (ev["present"][maps] & E.OPTIONAL_BIT["vcpu"]) != 0
         before = np.searchsorted(faults, maps) - 1          # latest fault of any vCPU
         fault_vcpu = ev["vcpu"][faults[np.clip(before, 0, None)]] if faults.size else 0
@@ -575,30 +738,26 @@ class Replay:
                         ).astype(np.int64)
         if faults.size:
             self.last_fault_vcpu = int(ev["vcpu"][faults[-1]])
-        exec_map = np.zeros(maps.size, dtype=bool)
-        # The pc and el of the fault each map answers (has_pc False, el -1 where unknown).
+        # The answered fault of each map: access (-1 none), IPA page, pc/el context.
+        answer = np.full(maps.size, -1, dtype=np.int16)
+        answer_ipa = np.zeros(maps.size, dtype=np.int64)
         ctx = np.zeros(maps.size, dtype=[("pc", "<u8"), ("has_pc", "?"), ("el", "<i2")])
         ctx["el"] = -1
         ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        exec_code = E.ACCESS.index("exec")
         for v in np.unique(np.concatenate([vcpu, ev["vcpu"][faults]])).tolist():
             mine = faults[ev["vcpu"][faults] == v]
             sel = np.flatnonzero(vcpu == v)
             prev = self.last_fault.get(v)
             if sel.size:
                 k = np.searchsorted(mine, maps[sel]) - 1
-                exec_in = np.zeros(sel.size, dtype=bool)
-                if mine.size:
-                    f = mine[np.clip(k, 0, None)]
-                    exec_in = (k >= 0) & (ev["access"][f] == exec_code) \
-                        & (ipa_page[f] == ipa_page[maps[sel]])
-                exec_prev = (k < 0) & (prev is not None and prev[2] == "exec") \
-                    & (ipa_page[maps[sel]] == (prev[3] if prev else -1))
-                exec_map[sel] = exec_in | exec_prev
-                pc0, el0 = prev[:2] if prev else (None, None)
-                ctx["pc"][sel] = pc0 or 0
-                ctx["has_pc"][sel] = pc0 is not None
-                ctx["el"][sel] = -1 if el0 is None else el0
+                if prev is not None:
+                    pc0, el0, acc0, page0 = prev
+                    old = k < 0
+                    ctx["pc"][sel[old]] = pc0 or 0
+                    ctx["has_pc"][sel[old]] = pc0 is not None
+                    ctx["el"][sel[old]] = -1 if el0 is None else el0
+                    answer[sel[old]] = acc0
+                    answer_ipa[sel[old]] = page0
                 if mine.size:
                     got = sel[k >= 0]
                     f = mine[k[k >= 0]]
@@ -607,13 +766,26 @@ class Replay:
                     ctx["has_pc"][got] = (present & E.OPTIONAL_BIT["pc"]) != 0
                     ctx["el"][got] = np.where(present & E.OPTIONAL_BIT["el"],
                                               ev["el"][f].astype(np.int16), -1)
+                    answer[got] = ev["access"][f]
+                    answer_ipa[got] = ipa_page[f]
             if mine.size:
                 i = int(mine[-1])
-                self.last_fault[v] = (*self._fault_ctx(ev, i), E.ACCESS[ev["access"][i]],
+                self.last_fault[v] = (*self._fault_ctx(ev, i), int(ev["access"][i]),
                                       int(ipa_page[i]))
+        # A fault answered inside the map's range; a fault answered once only.
+        m_first = ipa_page[maps]
+        m_last = ((ev["addr"][maps] + np.maximum(ev["size"][maps], np.uint64(1))
+                   - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        inside = (answer >= 0) & (answer_ipa >= m_first) & (answer_ipa <= m_last)
+        answer = np.where(inside, answer, -1)
         self.maps += maps.size
         if maps.size:
-            self._maps(ev[maps], vcpu, exec_map, ctx)
+            self._maps(ev[maps], vcpu, answer, answer_ipa, ctx)
+        f, pages = state["effects"], state["effect_pages"]
+        if f.size:
+            x = ev["access"][f] == E.ACCESS.index("exec")
+            self._exec_grants(pages[x], ops=int(np.count_nonzero(x)))
+            self.guest_writes(ev["vcpu"][f[~x]].astype(np.int64), pages[~x])
 
     @staticmethod
     def _fault_ctx(ev, i: int) -> tuple[int | None, int | None]:
@@ -621,8 +793,23 @@ class Replay:
         return (int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
                 int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None)
 
-    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, exec_map: np.ndarray, ctx: np.ndarray
-              ) -> None:
+    def _exec_grants(self, pages: np.ndarray, ops: int) -> None:
+        """Leaves on ``pages`` become executable at an instruction fault: in the worlds of
+        exec-on-demand policies this is where their I-cache maintenance happens, once per
+        leaf that was not executable yet."""
+        if not pages.size:
+            return
+        for w in self.worlds.values():
+            if w.observed or not w.policy.exec_on_demand:
+                continue
+            new = np.unique(pages[~w.executable[pages]])
+            if new.size:
+                w.executable[new] = True
+                for a in w.policy.on_exec_grant():
+                    self.apply(w, a, new, ops=min(ops, new.size))
+
+    def _maps(self, ev: np.ndarray, vcpu: np.ndarray, answer: np.ndarray,
+              answer_ipa: np.ndarray, ctx: np.ndarray) -> None:
         size = np.maximum(ev["size"], np.uint64(1))
         npages = ((ev["addr"] + size + np.uint64(PAGE - 1)) >> np.uint64(PAGE_SHIFT)) \
             - (ev["addr"] >> np.uint64(PAGE_SHIFT))
@@ -638,43 +825,42 @@ class Replay:
                 self.ipa_of_pa[p] = i
         page = self.ram.page_index(pa << np.uint64(PAGE_SHIFT))
         ram = page >= 0
+        written = ram & (answer[rep] == E.ACCESS.index("write")) \
+            & (ipa.astype(np.int64) == answer_ipa[rep])
+        written_vcpu, written_page = vcpu[rep[written]], page[written]
         page, rep, ipa = page[ram], rep[ram], ipa[ram]
         if not page.size:
             return
         memattr = ev["memattr"][rep]
         vc_of = vcpu[rep]
-        uniq, first_idx = np.unique(page, return_index=True)
-        first = np.zeros(page.size, dtype=bool)
-        first[first_idx] = ~self.ever_mapped[uniq]
-        all_off = not self.any_mmu_enabled
-        key = "inside" if all_off else "outside"
+        first = ~self.ever_mapped[page]
+        key = "inside" if not self.any_mmu_enabled else "outside"
         self.window[f"first_maps_{key}"] += int(np.count_nonzero(first))
-        order = np.sort(first_idx)            # each page once, in event order
-        repeat = np.setdiff1d(np.arange(page.size), order)
-        self._map_pages(page[order], memattr[order], vc_of[order], first[order], ipa[order],
-                        ev["seq"][rep[order]], all_off, lambda i: _known(ctx[rep[order[i]]]))
-        for i in repeat.tolist():            # the rare page mapped twice in one run
-            self._map_pages(page[i:i + 1], memattr[i:i + 1], vc_of[i:i + 1], first[i:i + 1],
-                            ipa[i:i + 1], ev["seq"][rep[i:i + 1]], all_off,
-                            lambda _, i=i: _known(ctx[rep[i]]))
-        # Maintenance calls: one per map event (a block is cleaned in one call), and an
-        # I-cache invalidation for each map an instruction fetch faulted in.
-        events_with_ram = np.unique(rep)
-        x_pages = page[exec_map[rep]]
+        self._map_pages(page, memattr, vc_of, first, ipa, ev["seq"][rep],
+                        lambda i: _known(ctx[rep[i]]))     # each page once: batch() splits
+        # Who may fetch: the observed world as the trace's permissions say, a world that maps
+        # executable at once everything, an exec-on-demand world the leaves of exec faults.
+        xn_known = (ev["present"][rep] & E.OPTIONAL_BIT["xn"]) != 0
         for w in self.worlds.values():
-            if w.name == OBSERVED:
+            if w.observed:
+                w.executable[page] = ~xn_known | (ev["xn"][rep] == 0)
+            elif not w.policy.exec_on_demand:
+                w.executable[page] = True
+        # Maintenance calls: one per map event (a block is cleaned in one call).
+        events_with_ram = np.unique(rep)
+        for w in self.worlds.values():
+            if w.observed:
                 continue
             for v in np.unique(vcpu[events_with_ram]).tolist():
                 n = int(np.count_nonzero(vcpu[events_with_ram] == v))
-                w.cost.operations += n * len(w.policy.on_map(self.vcpus[v].caches_on, all_off))
-            if x_pages.size:
-                n_exec = int(np.count_nonzero(exec_map[events_with_ram]))
-                for a in w.policy.on_exec_fault():
-                    self.apply(w, a, x_pages, ops=n_exec)
+                w.cost.operations += n * len(w.policy.on_map(self.vcpus[v].caches_on))
+        exec_events = answer[events_with_ram] == E.ACCESS.index("exec")
+        self._exec_grants(page[answer[rep] == E.ACCESS.index("exec")],
+                          ops=int(np.count_nonzero(exec_events)))
+        self.guest_writes(written_vcpu, written_page)
 
-    def _map_pages(self, page, memattr, vc_of, first, ipa, seqs, all_off, fault_ctx) -> None:
+    def _map_pages(self, page, memattr, vc_of, first, ipa, seqs, fault_ctx) -> None:
         fires = {}
-        cacheable_of = {}
         for name, w in self.worlds.items():
             ok = np.zeros(page.size, dtype=bool)
             for v in np.unique(vc_of).tolist():
@@ -684,17 +870,12 @@ class Replay:
                 for m in np.unique(memattr[sel]).tolist():
                     table[m] = w.cacheable(vc, m)
                 ok[sel] = table[memattr[sel]]
-                if name != OBSERVED:
-                    for a in w.policy.on_map(vc.caches_on, all_off):
+                if not w.observed:
+                    for a in w.policy.on_map(vc.caches_on):
                         self.apply(w, a, page[sel], ops=0)   # counted per event in _maps
-            cacheable_of[name] = ok
             fires[name] = first & ~ok & w.cache.pages_with("dirty", page)
         if any(f.any() for f in fires.values()):
             self._emit_first_maps(fires, page, vc_of, ipa, seqs, fault_ctx)
-        for name, w in self.worlds.items():
-            ok = cacheable_of[name]
-            w.cache.set_pages(["dirty"], page[ok])
-            w.cache.set_pages(["stale"], page[~ok])
         self.mapped[page] = True
         self.ever_mapped[page] = True
         self.memattr[page] = memattr
@@ -740,7 +921,8 @@ class Replay:
 
     # -- end of run -----------------------------------------------------------------------
     def finish(self) -> None:
-        self.settle_icache()
+        for v in range(self.nvcpus):
+            self.settle(v)
         win = self.window
         if win["start_seq"] is None:
             return
@@ -757,7 +939,9 @@ class Replay:
                 "pages_mapped": int(self.mapped.sum()),
                 "pages_ever_mapped": int(self.ever_mapped.sum()),
                 "window": dict(self.window),
+                "guest_writes": "tracked" if self.writes_tracked else "untracked",
                 "model_bytes": sum(w.cache.nbytes + w.cleaned_by.nbytes + w.icache_by.nbytes
+                                   + w.executable.nbytes
                                    for w in self.worlds.values()) + self.mapped.nbytes
                 + self.ever_mapped.nbytes + self.memattr.nbytes,
                 "cost": {n: w.cost.as_dict() for n, w in self.worlds.items()}}

@@ -45,7 +45,10 @@ def _f(name, type_, column=None, optional=False):
 # kind -> fields (besides "seq" and "kind").  Columns are shared between kinds: ``addr`` is the
 # IPA or PA or VA the event is about, ``pa`` its PA where both exist, ``size`` its length.
 KINDS: dict[str, tuple[Field, ...]] = {
-    "vcpu-on": (_f("vcpu", "u32"), _f("pc", "u64", optional=True)),
+    # reinit 1: the VMM re-initialised the vCPU (KVM_ARM_VCPU_INIT on a vCPU that ran); a
+    # guest's PSCI CPU_ON is not one.
+    "vcpu-on": (_f("vcpu", "u32"), _f("pc", "u64", optional=True),
+                _f("reinit", "u8", "op", optional=True)),
     "vcpu-off": (_f("vcpu", "u32"),),
     "sysreg-write": (_f("vcpu", "u32"), _f("reg", "str"), _f("old", "u64"), _f("new", "u64"),
                      _f("pc", "u64", optional=True), _f("el", "u8", optional=True)),

@@ -33,8 +33,12 @@ KINDS = {
         None, 4,
         "the window in which every vCPU still had its MMU off, and the first maps in and out "
         "of it"),
+    "unobserved-transition": (
+        None, None,
+        "a register write's old value differs from what the model tracked: a transition "
+        "happened that the capture did not see; the model adopts the old value from here"),
 }
-INFO_KINDS = frozenset({"smp-mmu-off-window"})
+INFO_KINDS = frozenset({"smp-mmu-off-window", "unobserved-transition"})
 
 
 @dataclass

@@ -36,7 +36,10 @@ __all__ = ["TraceError", "Trace", "read_trace", "TraceWriter", "write_trace", "R
 RAM_KINDS = frozenset({"host-write", "guest-access", "cmo-va", "hyp-maintenance"})
 # Address fields checked against the event's size for overflow past 2^64 (by column).
 _SIZED_COLUMNS = ("addr", "pa")
-_HEADER_KEYS = {"schema", "ram", "vcpus", "policy", "source", "hcr", "host_zero_ram", "meta"}
+_HEADER_KEYS = {"schema", "ram", "vcpus", "policy", "source", "hcr", "host_zero_ram", "meta",
+                "writes", "cpu"}
+# "cpu": the target's cache geometry and identity (integers; "model" a string).
+_CPU_KEYS = {"ctr_el0", "clidr_el1", "midr_el1", "model"}
 _ADDR_END = 1 << 64
 
 
@@ -236,10 +239,19 @@ def _check_header(h, line: int = 1) -> _Context:
                           ("source", lambda v: type(v) is str, "a string"),
                           ("hcr", _u64, "an integer in 0..2^64-1"),
                           ("host_zero_ram", lambda v: type(v) is bool, "true or false"),
+                          ("writes", lambda v: v in ("tracked", "untracked"),
+                           '"tracked" or "untracked"'),
+                          ("cpu", lambda v: type(v) is dict, "an object"),
                           ("meta", lambda v: type(v) is dict, "an object")):
         v = h.get(key)
         if v is not None and not ok(v):
             bad(f"header: {_show(key)} must be {what}, got {_show(v)}")
+    for key, v in (h.get("cpu") or {}).items():
+        if key not in _CPU_KEYS:
+            bad(f"header: cpu: unknown key {_show(key)} (known: {', '.join(sorted(_CPU_KEYS))})")
+        if not (type(v) is str if key == "model" else _u64(v)):
+            bad(f"header: cpu.{key} must be {'a string' if key == 'model' else 'an integer'}"
+                f", got {_show(v)}")
     return _Context(vcpus, ranges)
 
 
