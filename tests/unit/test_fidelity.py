@@ -1,0 +1,271 @@
+"""Small hand-written traces, one per rule of what a real boot shows, each replayed under
+every policy.  The docstrings argue each expectation from upstream KVM arm64 and Xen on Arm
+(the function that decides is named), never from this tool's output."""
+from __future__ import annotations
+
+import pytest
+
+from gdbplugin.model.engine import Replay
+from gdbplugin.model.trace import TraceWriter, read_trace
+
+POLICIES = ("none", "rfc2013", "kvm", "xen", "fwb")
+BASE, PAGE, BLOCK = 0x4000_0000, 4096, 2 << 20
+CODE = BASE + 0x20_0000                     # where the host loaded "the kernel"
+OFF, I_ON, M_ON, MC_ON = 0x0, 0x1000, 0x1, 0x1005   # SCTLR_EL1: I is bit 12, C 2, M 0
+
+
+def run(tmp_path, events, vcpus=1, **header):
+    head = {"ram": [[BASE, 16 << 20]], "vcpus": vcpus, "host_zero_ram": False, **header}
+    path = tmp_path / "t.jsonl"
+    with TraceWriter(path, head) as w:
+        for e in events:
+            w.write(dict(e))
+    trace = read_trace(path)
+    fast = Replay(trace.header).run(trace)
+    slow = Replay(trace.header, max_batch=1).run(trace)      # the event-by-event oracle
+    assert {n: [f.as_dict() for f in w.findings] for n, w in fast.worlds.items()} == \
+        {n: [f.as_dict() for f in w.findings] for n, w in slow.worlds.items()}
+    return fast
+
+
+def uncovered(result, kind):
+    return {p for p in POLICIES if any(f.kind == kind for f in result.findings(p))}
+
+
+def found(result, policy, kind):
+    return [f for f in result.findings(policy) if f.kind == kind]
+
+
+def on(v=0):
+    return {"kind": "vcpu-on", "vcpu": v}
+
+
+def sctlr(old, new, v=0, pc=None):
+    e = {"kind": "sysreg-write", "vcpu": v, "reg": "SCTLR_EL1", "old": old, "new": new}
+    return e if pc is None else {**e, "pc": pc}
+
+
+def fault_map(addr, access, v=0, size=PAGE, base=None, xn=None):
+    base = addr if base is None else base
+    m = {"kind": "s2-map", "ipa": base, "pa": base, "size": size, "memattr": 0xF, "vcpu": v}
+    if xn is not None:
+        m["xn"] = xn
+    return [{"kind": "s2-fault", "vcpu": v, "ipa": addr, "access": access}, m]
+
+
+def load(pa=CODE, size=16 * PAGE):
+    return {"kind": "host-write", "pa": pa, "size": size, "source": "load"}
+
+
+def iallu(v=0):
+    return {"kind": "ic-inval", "vcpu": v, "op": "iallu"}
+
+
+# -- 1. KVM's I-side ---------------------------------------------------------------------
+
+def test_exec_fault_inside_a_block_makes_the_whole_leaf_executable(tmp_path):
+    """An instruction fetch faults 1 MiB into a 2 MiB block that KVM maps whole: the new
+    leaf is installed executable and stage2_map_walker_try_leaf invalidates the I-cache for
+    the whole leaf (icache_inval_pou over its size).  The I-cache enable that follows finds
+    nothing under kvm and fwb; with no maintenance the host-loaded code may be stale."""
+    r = run(tmp_path, [load(BASE + BLOCK, BLOCK), on(),
+                       *fault_map(BASE + BLOCK + (1 << 20), "exec", size=BLOCK, base=BASE + BLOCK),
+                       sctlr(OFF, I_ON)])
+    assert uncovered(r, "icache-not-invalidated") == {"none", "rfc2013"}
+    (f,) = found(r, "none", "icache-not-invalidated")
+    assert (f.pa, f.size) == (BASE + BLOCK, BLOCK)
+    assert "kvm.icache-inval-on-exec-fault" in f.covered_by
+    assert r.stats["cost"]["kvm"]["icache_invalidations"] == 1
+
+
+def test_permission_fault_adding_exec_invalidates(tmp_path):
+    """A page first mapped on a data read is non-executable under KVM (user_mem_abort maps
+    data faults without X); the later fetch takes a permission fault and stage2_attr_walker
+    (kvm_pgtable_stage2_relax_perms) invalidates the I-cache before the fetch completes.  The
+    guest then writes the page (a write fault: the page is already mapped) and enables its
+    I-cache without IC IALLU: that code is the guest's own, and no policy invalidates it."""
+    r = run(tmp_path, [load(), on(), *fault_map(CODE, "read"),
+                       {"kind": "s2-fault", "vcpu": 0, "ipa": CODE, "access": "exec"},
+                       sctlr(OFF, I_ON), iallu()])
+    assert not uncovered(r, "icache-not-invalidated")
+    assert r.stats["cost"]["kvm"]["icache_invalidations"] == 1
+    r = run(tmp_path, [load(), on(), *fault_map(CODE, "read"),
+                       {"kind": "s2-fault", "vcpu": 0, "ipa": CODE, "access": "exec"},
+                       {"kind": "s2-fault", "vcpu": 0, "ipa": CODE + 8, "access": "write"},
+                       sctlr(OFF, I_ON)])
+    (f,) = found(r, "kvm", "icache-not-invalidated")
+    assert (f.pa, f.size) == (CODE, PAGE)
+
+
+def test_observed_world_follows_the_traced_permissions(tmp_path):
+    """The traced hypervisor mapped the code page non-executable (xn=2) and never made it
+    executable: no fetch from it can be stale, so the observed world reports nothing, while
+    a trace that mapped it executable (xn=0) without invalidating leaves it uncovered."""
+    def events(xn):
+        return [load(), on(), *fault_map(CODE, "read", xn=xn),
+                {"kind": "hyp-maintenance", "op": "clean-inval", "pa": CODE, "size": PAGE},
+                sctlr(OFF, I_ON)]
+    assert found(run(tmp_path, events(2)), "none", "icache-not-invalidated")[0].observed
+    assert found(run(tmp_path, events(0)), "none", "icache-not-invalidated")[0].observed \
+        is False
+
+
+# -- 2. Xen's I-side ---------------------------------------------------------------------
+
+def test_xen_invalidates_the_icache_after_a_vm_flush(tmp_path):
+    """The guest writes code with its caches on, cleans by set/way (trapped by Xen:
+    p2m_set_way_flush arms TVM and defers p2m_flush_vm), and turns its caches off and its
+    I-cache on.  p2m_cache_flush_range ends with invalidate_icache(), so the written code is
+    covered under Xen; KVM's stage2_flush_vm is D-side only and its page was already
+    executable, so the guest's own write stays the guest's job there."""
+    r = run(tmp_path, [on(), sctlr(OFF, MC_ON), *fault_map(CODE, "exec"),
+                       {"kind": "s2-fault", "vcpu": 0, "ipa": CODE, "access": "write"},
+                       {"kind": "set-way", "vcpu": 0, "op": "cisw"},
+                       sctlr(MC_ON, OFF), sctlr(OFF, I_ON)])
+    assert "xen" not in uncovered(r, "icache-not-invalidated")
+    assert {"kvm", "none"} <= uncovered(r, "icache-not-invalidated")
+
+
+# -- 3. the I-cache grace is per vCPU ----------------------------------------------------
+
+def test_another_vcpus_event_does_not_settle_the_enable(tmp_path):
+    """Linux's set_sctlr_el1 is msr; isb; ic iallu.  vCPU 1's fault lands between vCPU 0's
+    write and its IC IALLU: the invalidation still belongs to the enable, under every
+    policy.  vCPU 0's own event in between settles it (then only policies that invalidate
+    themselves cover it)."""
+    events = [load(), on(0), on(1), *fault_map(CODE, "read"), sctlr(OFF, I_ON, v=0),
+              *fault_map(BASE + 0x80_0000, "read", v=1), iallu(0)]
+    assert not uncovered(run(tmp_path, events, vcpus=2), "icache-not-invalidated")
+    events = [load(), on(0), on(1), *fault_map(CODE, "read"), sctlr(OFF, I_ON, v=0),
+              *fault_map(BASE + 0x80_0000, "read", v=0), iallu(0)]
+    assert uncovered(run(tmp_path, events, vcpus=2), "icache-not-invalidated") == \
+        {"none", "rfc2013"}
+
+
+# -- 5. unobserved transitions -----------------------------------------------------------
+
+def test_a_write_whose_old_value_disagrees_is_reported_and_adopted(tmp_path):
+    """The capture saw the caches go on, missed the guest turning them off, and sees the
+    next write (old value: caches off).  The model reports the gap as information and adopts
+    the old value: the following enable is a real off -> on transition, so the
+    stage-1-enable check runs (and finds the page the guest wrote with its caches off)."""
+    r = run(tmp_path, [on(), sctlr(OFF, MC_ON), *fault_map(BASE + 0x40_0000, "write"),
+                       sctlr(I_ON, I_ON | 0x4, pc=0x1234)])
+    (u,) = found(r, "none", "unobserved-transition")
+    assert (u.pc, u.vcpu, u.sctlr) == (0x1234, 0, I_ON)
+    assert "M 1->0" in u.message and "C 1->0" in u.message
+    assert r.uncovered("none") == []           # info only: no exit status from it
+    r = run(tmp_path, [on(), sctlr(OFF, MC_ON), sctlr(MC_ON, OFF),
+                       *fault_map(BASE + 0x40_0000, "write"), sctlr(OFF, MC_ON)])
+    assert not found(r, "none", "unobserved-transition")
+
+
+# -- 6. caches-off settles after the vCPU's maintenance ----------------------------------
+
+def test_caches_off_then_set_way_is_covered_by_the_trap(tmp_path):
+    """U-Boot's dcache_disable clears C and M, then flushes by set/way.  KVM traps the
+    DC CISW (access_dcsw -> kvm_set_way_flush -> stage2_flush_vm) before the guest does
+    anything else, so the dirty page is at PoC when the guest next runs non-cacheably; Xen
+    likewise (p2m_set_way_flush).  Judged at the instant of the write, it would not be."""
+    events = [on(), sctlr(OFF, MC_ON), *fault_map(BASE + 0x40_0000, "write"),
+              sctlr(MC_ON, OFF), {"kind": "set-way", "vcpu": 0, "op": "cisw"},
+              {"kind": "set-way", "vcpu": 0, "op": "cisw"},
+              *fault_map(BASE + 0x80_0000, "read")]
+    r = run(tmp_path, events)
+    assert uncovered(r, "caches-off-after-boot") == {"none", "rfc2013"}
+    (f,) = found(r, "none", "caches-off-after-boot")
+    assert f.pa == BASE + 0x40_0000 and f.seq == 4     # reported at the write itself
+
+
+# -- 7. rfc2013 latches on M&C -----------------------------------------------------------
+
+def test_rfc2013_flushes_when_c_follows_m(tmp_path):
+    """U-Boot sets M first and C later.  The RFC's flush is triggered by stage 1 becoming
+    enabled with caches (M&C); a latch on M alone would end the expensive path at the M write
+    and the flush would never come.  Under rfc2013 the NC-written page is flushed at the C
+    write; Xen (no TVM by default) leaves it stale."""
+    r = run(tmp_path, [on(), *fault_map(BASE + 0x40_0000, "write"), sctlr(OFF, M_ON),
+                       sctlr(M_ON, MC_ON)])
+    assert uncovered(r, "stage1-enable-stale") == {"none", "xen"}
+
+
+# -- 8. writes from evidence only --------------------------------------------------------
+
+def test_no_write_evidence_no_stale_lines(tmp_path):
+    """A guest that only reads its pages with its caches off leaves RAM unchanged: the
+    enable finds nothing stale under any policy, Xen included (no whole-RAM findings).  One
+    write fault with the caches off makes exactly that page stale under Xen (no TVM, so no
+    flush at the enable), and only that page."""
+    reads = [on(), *fault_map(BASE + 0x40_0000, "read"), *fault_map(BASE + 0x41_0000, "read")]
+    assert not uncovered(run(tmp_path, reads + [sctlr(OFF, MC_ON)]), "stage1-enable-stale")
+    r = run(tmp_path, reads + [{"kind": "s2-fault", "vcpu": 0, "ipa": BASE + 0x41_0000,
+                                "access": "write"}, sctlr(OFF, MC_ON)], writes="tracked")
+    (f,) = found(r, "xen", "stage1-enable-stale")
+    assert (f.pa, f.size) == (BASE + 0x41_0000, PAGE)
+    assert r.stats["guest_writes"] == "tracked"
+
+
+# -- 9. re-maps ------------------------------------------------------------------------
+
+def test_a_page_mapped_again_after_an_unmap_is_a_first_map(tmp_path):
+    """The hypervisor unmapped a page, the host wrote it (a balloon or migration refill),
+    and the MMU-off guest faults it in again: the dirty host lines make it a first map
+    under `none` once more; kvm cleans it at that fault too."""
+    page = BASE + 0x40_0000
+    r = run(tmp_path, [on(), *fault_map(page, "read"),
+                       {"kind": "s2-unmap", "ipa": page, "size": PAGE},
+                       {"kind": "host-write", "pa": page, "size": PAGE, "source": "other"},
+                       *fault_map(page, "read")])
+    assert [f.seq for f in found(r, "none", "first-map-uncached")] == [6]
+    assert uncovered(r, "first-map-uncached") == {"none", "xen"}
+
+
+# -- 10. HCR_EL2 per world, PSCI CPU_ON is not a re-init --------------------------------
+
+def test_the_traced_fwb_does_not_leak_into_other_worlds(tmp_path):
+    """The traced hypervisor ran with HCR_EL2.FWB (a header HCR of bit 46): under the kvm
+    and xen hypotheses it did not, so the NC write of the MMU-off guest is stale under Xen,
+    while the fwb world (its own FWB) sees a Normal WB write."""
+    r = run(tmp_path, [on(), *fault_map(BASE + 0x40_0000, "write"), sctlr(OFF, MC_ON)],
+            hcr=1 << 46)
+    assert uncovered(r, "stage1-enable-stale") == {"none", "xen"}
+
+
+def test_psci_cpu_on_again_does_not_rearm_tvm(tmp_path):
+    """KVM arms TVM at KVM_ARM_VCPU_INIT (vcpu_reset_hcr) and drops it once the caches are
+    on.  A guest CPU_OFF/CPU_ON (kvm_psci_vcpu_on) is not an init: the second stage-1 enable
+    is not trapped, so a page written with the caches off in between stays stale under kvm.
+    With a VMM re-init (reinit: 1), TVM is armed again and the enable flushes."""
+    page = BASE + 0x40_0000
+    head = [on(), sctlr(OFF, MC_ON), {"kind": "vcpu-off", "vcpu": 0}]
+    tail = [*fault_map(page, "write"), sctlr(OFF, MC_ON)]
+    r = run(tmp_path, head + [on()] + tail)
+    assert "kvm" in uncovered(r, "stage1-enable-stale")
+    r = run(tmp_path, head + [{"kind": "vcpu-on", "vcpu": 0, "reinit": 1}] + tail)
+    assert "kvm" not in uncovered(r, "stage1-enable-stale")
+
+
+# -- 11. cache geometry ----------------------------------------------------------------
+
+@pytest.mark.parametrize("ctr,expect", [(0x8444c004, {"none", "rfc2013"}),
+                                        (0x8444c004 | 1 << 29, set())])
+def test_dic_makes_the_icache_coherent(tmp_path, ctr, expect):
+    """CTR_EL0.DIC = 1: instruction cache invalidation to PoU is not required for
+    instruction-to-data coherence, so no I-cache hazard exists on such a CPU."""
+    r = run(tmp_path, [load(), on(), *fault_map(CODE, "read"), sctlr(OFF, I_ON)],
+            cpu={"ctr_el0": ctr})
+    assert uncovered(r, "icache-not-invalidated") == expect
+
+
+# -- covered_by is per finding --------------------------------------------------------
+
+def test_covered_by_names_only_policies_that_cover_every_page(tmp_path):
+    """Two host-loaded pages are first-mapped uncached: the first while every vCPU has its
+    MMU off, the second after vCPU 1 enabled stage 1.  rfc2013 cleans only the first (seed
+    point 4), so its rule is named for that finding and not for the second."""
+    a, b = BASE + 0x40_0000, BASE + 0x80_0000
+    r = run(tmp_path, [load(a, PAGE), load(b, PAGE), on(0), on(1), *fault_map(a, "read"),
+                       sctlr(OFF, MC_ON, v=1), iallu(1), *fault_map(b, "read")], vcpus=2)
+    first, second = found(r, "none", "first-map-uncached")
+    assert "rfc2013.clean-first-map-uncached" in first.covered_by
+    assert "rfc2013.clean-first-map-uncached" not in second.covered_by
