@@ -2,10 +2,15 @@
 
 What the shim did becomes ``hyp-maintenance`` (so a replay's *observed* world answers "did the
 hypervisor do it"), what the guest did becomes faults, maps, register writes and set/way or
-cache operations, and what QEMU loaded into RAM (``info roms``) becomes host writes.  The shim
-records a trapped event (a fault's map, an SCTLR_EL1 write) before the maintenance it did for
-it, but the guest runs on only after both, so such an event is held back until that vCPU's
-maintenance records have been emitted.
+cache operations, and what QEMU wrote into guest memory becomes host writes: the blobs it
+loaded before the guest ran (``info roms``: RAM and flash contents) and the fw_cfg DMA
+transfers the shim saw (``host-dma``: firmware loading a kernel).  The shim records a trapped
+event (a fault's map, an SCTLR_EL1 write) before the maintenance it did for it, but the guest
+runs on only after both, so such an event is held back until that vCPU's maintenance records
+have been emitted.
+
+Guest memory for the trace is RAM plus the flash windows the shim maps as read-only Normal
+memory (KVM's read-only memslots): firmware runs from there with its MMU off.
 """
 from __future__ import annotations
 
@@ -15,9 +20,10 @@ from typing import Iterable, Iterator
 from ..model.cache import PAGE_SHIFT
 from ..target.physmem import page_runs
 
-ROM_LINE = re.compile(r'addr=([0-9a-f]+) size=0x([0-9a-f]+) mem=ram name="(.*)"')
-# Stage-2 MemAttr the shim installs (KVM's MT_S2_NORMAL and MT_S2_DEVICE_nGnRE).
-MEMATTR = {"normal": 0xF, "device": 0x1}
+ROM_LINE = re.compile(r'addr=([0-9a-f]+) size=0x([0-9a-f]+) mem=(?:ram|rom) name="(.*)"')
+# Stage-2 MemAttr the shim installs (KVM's MT_S2_NORMAL and MT_S2_DEVICE_nGnRE; flash is
+# Normal memory, read-only).
+MEMATTR = {"normal": 0xF, "rom": 0xF, "device": 0x1}
 XN_NONE, XN_ALL = 0, 2
 CMO_OPS = {"dc-civac": "civac", "dc-cvac": "cvac", "dc-ivac": "ivac", "dc-cvau": "cvau",
            "dc-cvap": "cvap"}
@@ -25,26 +31,29 @@ IC_OPS = {"ic-ivau": "ivau", "ic-iallu": "iallu", "ic-ialluis": "ialluis"}
 
 
 def loaded_blobs(info_roms: str) -> list[tuple[int, int, str]]:
-    """(addr, size, name) of every blob QEMU loaded into RAM, from HMP ``info roms``."""
+    """(addr, size, name) of every blob QEMU loaded into RAM or ROM, from HMP ``info roms``."""
     return [(int(a, 16), int(s, 16), n) for a, s, n in ROM_LINE.findall(info_roms)]
 
 
 class ShimTrace:
-    """Converts ring events as they arrive (``convert`` may be called repeatedly)."""
+    """Converts ring events as they arrive (``convert`` may be called repeatedly).  ``ram``:
+    the guest memory ranges (RAM and flash windows); ``header``: extra trace-header keys
+    (policy, cpu, writes)."""
 
-    def __init__(self, ram: list[tuple[int, int]], vcpus: int, policy: str):
-        self.ram = ram
-        self.header = {"ram": [list(r) for r in ram], "vcpus": vcpus, "policy": policy,
-                       "source": "shim"}
+    def __init__(self, ram: list[tuple[int, int]], vcpus: int, policy: str, **header):
+        self.ram = sorted(ram)
+        self.header = {"ram": [list(r) for r in self.ram], "vcpus": vcpus, "policy": policy,
+                       "source": "shim", "traps_set_way": True, **header}
         self._held: dict[int, dict] = {}           # vcpu -> its trap awaiting maintenance
         self._mapped: set[int] = set()             # RAM pages mapped Normal (for VM flushes)
 
     def host_writes(self, blobs: Iterable[tuple[int, int, str]]) -> Iterator[dict]:
+        """What QEMU loaded before the guest ran, clipped to guest memory."""
         for addr, size, _ in blobs:
-            lo = max(addr, self.ram[0][0])
-            hi = min(addr + size, sum(self.ram[0]))
-            if lo < hi:
-                yield {"kind": "host-write", "pa": lo, "size": hi - lo, "source": "load"}
+            for base, length in self.ram:
+                lo, hi = max(addr, base), min(addr + size, base + length)
+                if lo < hi:
+                    yield {"kind": "host-write", "pa": lo, "size": hi - lo, "source": "load"}
 
     def convert(self, events) -> Iterator[dict]:
         for e in events:
@@ -61,19 +70,24 @@ class ShimTrace:
                                   "access": e.access or "read", "esr": e.esr, "pc": e.pc,
                                   "el": e.el})
             elif k == "s2-map":
-                normal = e.extra.get("memtype") == "normal"
-                if normal:
+                memtype = e.extra.get("memtype", "normal")
+                if memtype == "normal":
                     first = e.pa >> PAGE_SHIFT
                     self._mapped.update(range(first, first + (e.size >> PAGE_SHIFT)))
                 self._held[e.vcpu] = {
                     "kind": "s2-map", "ipa": e.ipa, "pa": e.pa, "size": e.size,
-                    "memattr": MEMATTR["normal" if normal else "device"],
+                    "memattr": MEMATTR.get(memtype, MEMATTR["device"]),
                     "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL,
                     "vcpu": e.vcpu}
             elif k == "s2-perm":
                 yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
-                       "memattr": MEMATTR[e.extra.get("memtype", "normal")],
+                       "memattr": MEMATTR.get(e.extra.get("memtype", "normal"),
+                                              MEMATTR["device"]),
                        "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL}
+            elif k == "host-dma":
+                if self._in_ram(e.pa, e.size):
+                    yield {"kind": "host-write", "pa": e.pa, "size": e.size,
+                           "source": "device"}
             elif k == "sysreg-write":
                 self._held[e.vcpu] = _drop_none({
                     "kind": "sysreg-write", "vcpu": e.vcpu, "reg": e.reg, "old": e.old,

@@ -81,6 +81,22 @@ class Vcpu:
         return self.sctlr & M_C == M_C
 
 
+class Traced(Policy):
+    """The traced hypervisor, as the observed world knows it: its maintenance comes from the
+    trace (``hyp-maintenance``); the header says whether it trapped set/way (HCR_EL2.TSW), so a
+    recorded set/way operation reached it, and its conversion to maintenance by VA is in the
+    trace too."""
+
+    name = OBSERVED
+
+    def __init__(self, vcpus: int, traps_set_way: bool):
+        super().__init__(vcpus)
+        self._traps_set_way = traps_set_way
+
+    def traps_set_way(self):
+        return "observed.trap-set-way" if self._traps_set_way else None
+
+
 class World:
     """One hypothesis about the hypervisor: a policy with its own shadow cache and costs."""
 
@@ -141,6 +157,7 @@ class Replay:
         self.worlds = {n: World(n, POLICIES[n](self.nvcpus), self.ram) for n in names}
         self.host_zero = header.get("host_zero_ram", True)
         self.writes_tracked = header.get("writes") == "tracked"
+        self.traps_set_way = bool(header.get("traps_set_way", False))
         cpu = header.get("cpu") or {}
         self.dic = bool(int(cpu.get("ctr_el0", 0)) & CTR_DIC)
         self.mapped = np.zeros(self.ram.pages, dtype=bool)
@@ -165,7 +182,8 @@ class Replay:
         ev = trace.events
         observed = bool(np.any(ev["kind"] == KIND["hyp-maintenance"]))
         if observed:
-            self.worlds[OBSERVED] = World(OBSERVED, Policy(self.nvcpus), self.ram)
+            self.worlds[OBSERVED] = World(OBSERVED, Traced(self.nvcpus, self.traps_set_way),
+                                          self.ram)
         if self.host_zero:
             for b, s in self.ram.ranges:
                 self.host_write(-1, "host-zero", b, s)

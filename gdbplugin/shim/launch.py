@@ -270,18 +270,22 @@ class ShimSession:
                 return None
         return self._ring
 
-    def drain(self) -> int:
+    def drain(self, sink=None) -> int:
+        """Read every new ring record into ``events`` (and hand the batch to ``sink``)."""
         ring = self.ring()
         if ring is None:
             return 0
         batch = ring.poll()
         self.events.extend(batch)
+        if sink is not None and batch:
+            sink(batch)
         return len(batch)
 
     def wait(self, pattern: str | None = None, timeout: float = 90.0,
-             interval: float = 0.01, stop_on_halt: bool = True) -> str:
+             interval: float = 0.01, stop_on_halt: bool = True, sink=None) -> str:
         """'match', 'exit', 'halted' or 'timeout'.  ``stop_on_halt=False`` keeps waiting
-        after a fatal diagnostic (for QEMU to exit, with ``poweroff_on_fatal``)."""
+        after a fatal diagnostic (for QEMU to exit, with ``poweroff_on_fatal``).  ``sink``
+        gets each drained batch of ring events as it arrives."""
         import re
         import time
         regex = re.compile(pattern) if pattern else None
@@ -289,7 +293,7 @@ class ShimSession:
         why = "timeout"
         while time.monotonic() < deadline:
             exited = self.returncode is not None
-            self.drain()
+            self.drain(sink)
             if regex and regex.search(self.console()):
                 why = "match"
                 break
@@ -301,7 +305,7 @@ class ShimSession:
                 why = "exit"
                 break
             time.sleep(interval)
-        self.drain()
+        self.drain(sink)
         return why
 
     def header(self):

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gdbplugin.capture.shim_trace import ShimTrace, loaded_blobs
+from gdbplugin.capture.record import record as capture_record
 from gdbplugin.model.engine import Replay
-from gdbplugin.model.trace import TraceWriter, read_trace
+from gdbplugin.model.trace import read_trace
 from gdbplugin.shim.launch import ShimParams, ShimSession, shim_config
 
 pytestmark = pytest.mark.qemu
@@ -26,20 +26,10 @@ def record(shim, images: Path, policy: str, path: Path) -> tuple[list, dict]:
                       initrd=images / "initramfs.cpio.gz", append="console=ttyAMA0 panic=-1",
                       smp=1, paused=False)
     with ShimSession(cfg, shim, consume=True) as s:
-        assert s.wait(r"S2CACHE-BOOT-OK", timeout=120) == "match", s.console()[-2000:]
-        roms = s.qemu.monitor("info roms")
+        why, rec = capture_record(s, path, r"S2CACHE-BOOT-OK", timeout=120, vcpus=1)
+        assert why == "match", s.console()[-2000:]
         events = list(s.events)
-    start = next(e for e in events if e.kind == "shim-start")
-    ram = [(start.extra["ram_base"], start.extra["carve_base"] - start.extra["ram_base"])]
-    conv = ShimTrace(ram, 1, policy)
-    with TraceWriter(path, conv.header) as w:
-        for ev in conv.host_writes(loaded_blobs(roms)):
-            w.write(ev)
-        for ev in conv.convert(events):
-            w.write(ev)
-        for ev in conv.finish():
-            w.write(ev)
-    return events, conv.header
+    return events, rec.header
 
 
 @pytest.mark.parametrize("policy", ["kvm", "rfc2013"])

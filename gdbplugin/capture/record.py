@@ -1,0 +1,129 @@
+"""A shim run recorded as a trace: ring records -> trace events -> a JSONL file, as they come.
+
+``Recorder`` is the pipeline between the shim's ring (gdbplugin/shim/ring.py) and anything that
+consumes events: it waits for the shim's start record (which says the policy the shim really
+ran), writes the trace header (guest memory, vCPUs, policy, CPU cache geometry, whether the
+shim tracked guest writes), then the host writes QEMU made before the guest ran, then every
+converted event, flushing after each batch so a capture that dies keeps what it saw.  ``feed``
+returns the events it wrote, so a live consumer (a streaming replay) gets exactly what the file
+holds.  ``record`` drives a ``ShimSession`` to its console marker through a Recorder.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from ..model.trace import TraceWriter
+from .shim_trace import ShimTrace, loaded_blobs
+
+# params.flags bit (gdbplugin/shim/shim.h PF_TRACK_WRITES): pages mapped read-only until the
+# first write of each epoch, so every write fault is write evidence.
+FLAG_TRACK_WRITES = 1 << 4
+
+
+class RecordError(Exception):
+    """The ring did not describe a run that can be recorded (no start record first)."""
+
+
+def guest_memory(header) -> list[tuple[int, int]]:
+    """Guest memory as the model sees it: RAM below the shim's carve-out, and the flash
+    windows the shim maps as read-only Normal memory."""
+    ram = [(header.ram_base, header.ram_end - header.ram_base)]
+    return ram + [tuple(r) for r in getattr(header, "rom", ()) if r[1]]
+
+
+def header_keys(header, start) -> dict:
+    """Trace-header keys a ring tells: the policy the shim ran (fwb without FEAT_S2FWB runs
+    kvm), the CPU's cache geometry, and whether guest writes were tracked."""
+    keys = {"policy": start.extra.get("policy") or header.policy_effective,
+            "writes": "tracked" if header.flags & FLAG_TRACK_WRITES else "untracked"}
+    cpu = {k: v for k, v in getattr(header, "cpu", {}).items() if v}
+    if cpu:
+        keys["cpu"] = cpu
+    return keys
+
+
+class Recorder:
+    """Write a trace from ring events fed in the ring's order.  ``ring_header``: a
+    RingHeader (read once the shim is up); ``vcpus``: how many vCPUs the machine has;
+    ``info_roms``: the monitor's ``info roms`` text (QEMU's loads before the guest ran);
+    ``cpu_model``: the ``-cpu`` name, kept in the header."""
+
+    def __init__(self, path_or_file, ring_header, vcpus: int, info_roms: str = "",
+                 cpu_model: str | None = None):
+        self._target = path_or_file
+        self._ring_header = ring_header
+        self._vcpus = vcpus
+        self._blobs = loaded_blobs(info_roms)
+        self._cpu_model = cpu_model
+        self.writer: TraceWriter | None = None
+        self.conv: ShimTrace | None = None
+        self.written = 0
+
+    @property
+    def header(self) -> dict | None:
+        return self.writer.header if self.writer else None
+
+    def _open(self, start) -> list[dict]:
+        keys = header_keys(self._ring_header, start)
+        if self._cpu_model:
+            keys.setdefault("cpu", {})["model"] = self._cpu_model
+        self.conv = ShimTrace(guest_memory(self._ring_header), self._vcpus, **keys)
+        self.writer = TraceWriter(self._target, self.conv.header)
+        return self._write(self.conv.host_writes(self._blobs))
+
+    def _write(self, events: Iterable[dict]) -> list[dict]:
+        out = []
+        for ev in events:
+            ev = dict(ev)
+            ev["seq"] = self.writer.write(ev)
+            out.append(ev)
+        self.written += len(out)
+        return out
+
+    def feed(self, ring_events) -> list[dict]:
+        """Convert and write a batch of ring events; the trace events written, in order."""
+        out = []
+        events = list(ring_events)
+        if self.writer is None:
+            if not events:
+                return out
+            if events[0].kind != "shim-start":
+                raise RecordError(f"the ring starts with {events[0].kind!r}, not the shim's "
+                                  f"start record: was it read from the beginning?")
+            out += self._open(events[0])
+            events = events[1:]
+        out += self._write(self.conv.convert(events))
+        return out
+
+    def close(self) -> list[dict]:
+        """Write what the converter still holds and close the file."""
+        out = []
+        if self.writer is not None:
+            out = self._write(self.conv.finish())
+            self.writer.close()
+        return out
+
+
+def record(session, path: str | Path, until: str | None, timeout: float, vcpus: int,
+           cpu_model: str | None = None) -> tuple[str, Recorder]:
+    """Run a started ShimSession to ``until`` (a console regex), writing its trace to
+    ``path`` as the ring drains.  Returns (why the wait ended: match/exit/halted/timeout,
+    the recorder)."""
+    roms = session.qemu.monitor("info roms")
+    rec = None
+
+    def sink(batch):
+        nonlocal rec
+        if rec is None:
+            rec = Recorder(path, session.header(), vcpus, roms, cpu_model)
+        rec.feed(batch)
+
+    try:
+        why = session.wait(until, timeout=timeout, sink=sink)
+    finally:
+        if rec is not None:
+            rec.close()
+    if rec is None:
+        raise RecordError("the shim never started its ring (see the console)")
+    return why, rec
