@@ -14,11 +14,8 @@ from pathlib import Path
 from typing import Iterable
 
 from ..model.trace import TraceWriter
+from ..shim.launch import FLAG_TRACK_ACCESS, FLAG_TRACK_WRITES
 from .shim_trace import ShimTrace, loaded_blobs
-
-# params.flags bit (gdbplugin/shim/shim.h PF_TRACK_WRITES): pages mapped read-only until the
-# first write of each epoch, so every write fault is write evidence.
-FLAG_TRACK_WRITES = 1 << 4
 
 
 class RecordError(Exception):
@@ -34,9 +31,11 @@ def guest_memory(header) -> list[tuple[int, int]]:
 
 def header_keys(header, start) -> dict:
     """Trace-header keys a ring tells: the policy the shim ran (fwb without FEAT_S2FWB runs
-    kvm), the CPU's cache geometry, and whether guest writes were tracked."""
+    kvm), the CPU's cache geometry, and whether guest writes and the accesses after a
+    caches-off were tracked."""
     keys = {"policy": start.extra.get("policy") or header.policy_effective,
-            "writes": "tracked" if header.flags & FLAG_TRACK_WRITES else "untracked"}
+            "writes": "tracked" if header.flags & FLAG_TRACK_WRITES else "untracked",
+            "accesses": "tracked" if header.flags & FLAG_TRACK_ACCESS else "untracked"}
     cpu = {k: v for k, v in getattr(header, "cpu", {}).items() if v}
     if cpu:
         keys["cpu"] = cpu

@@ -18,6 +18,8 @@ import re
 from typing import Iterable, Iterator
 
 from ..model.cache import PAGE_SHIFT
+
+PAGE = 1 << PAGE_SHIFT
 from ..target.physmem import page_runs
 
 ROM_LINE = re.compile(r'addr=([0-9a-f]+) size=0x([0-9a-f]+) mem=(?:ram|rom) name="(.*)"')
@@ -44,7 +46,7 @@ class ShimTrace:
         self.ram = sorted(ram)
         self.header = {"ram": [list(r) for r in self.ram], "vcpus": vcpus, "policy": policy,
                        "source": "shim", "traps_set_way": True, **header}
-        self._held: dict[int, dict] = {}           # vcpu -> its trap awaiting maintenance
+        self._held: dict[int, list] = {}           # vcpu -> its trap awaiting maintenance
         self._mapped: set[int] = set()             # RAM pages mapped Normal (for VM flushes)
 
     def host_writes(self, blobs: Iterable[tuple[int, int, str]]) -> Iterator[dict]:
@@ -62,36 +64,43 @@ class ShimTrace:
                 yield from self._maintenance(e)
                 continue
             if e.vcpu is not None and e.vcpu in self._held:
-                yield self._held.pop(e.vcpu)
+                yield from self._held.pop(e.vcpu)
             if k == "vcpu-start":
                 yield _drop_none({"kind": "vcpu-on", "vcpu": e.vcpu, "pc": e.pc})
             elif k == "s2-fault":
                 yield _drop_none({"kind": "s2-fault", "vcpu": e.vcpu, "ipa": e.ipa,
                                   "access": e.access or "read", "esr": e.esr, "pc": e.pc,
-                                  "el": e.el})
+                                  "el": e.el,
+                                  "deferred": 1 if e.extra.get("deferred") else None})
+            elif k == "s2-written":
+                yield from self._written(e)
+            elif k == "s2-access":
+                yield _drop_none({"kind": "s2-access", "vcpu": e.vcpu, "ipa": e.ipa,
+                                  "access": e.access or "read", "pc": e.pc, "el": e.el})
             elif k == "s2-map":
                 memtype = e.extra.get("memtype", "normal")
                 if memtype == "normal":
                     first = e.pa >> PAGE_SHIFT
                     self._mapped.update(range(first, first + (e.size >> PAGE_SHIFT)))
-                self._held[e.vcpu] = {
+                self._held[e.vcpu] = [{
                     "kind": "s2-map", "ipa": e.ipa, "pa": e.pa, "size": e.size,
                     "memattr": MEMATTR.get(memtype, MEMATTR["device"]),
                     "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL,
-                    "vcpu": e.vcpu}
+                    "vcpu": e.vcpu}, *self._block_write(e)]
             elif k == "s2-perm":
                 yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
                        "memattr": MEMATTR.get(e.extra.get("memtype", "normal"),
                                               MEMATTR["device"]),
                        "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL}
+                yield from self._block_write(e)
             elif k == "host-dma":
                 if self._in_ram(e.pa, e.size):
                     yield {"kind": "host-write", "pa": e.pa, "size": e.size,
                            "source": "device"}
             elif k == "sysreg-write":
-                self._held[e.vcpu] = _drop_none({
+                self._held[e.vcpu] = [_drop_none({
                     "kind": "sysreg-write", "vcpu": e.vcpu, "reg": e.reg, "old": e.old,
-                    "new": e.new, "pc": e.pc, "el": e.el})
+                    "new": e.new, "pc": e.pc, "el": e.el})]
             elif k == "set-way":
                 yield _drop_none({"kind": "set-way", "vcpu": e.vcpu, "op": e.op, "pc": e.pc,
                                   "el": e.el})
@@ -103,7 +112,7 @@ class ShimTrace:
     def finish(self) -> Iterator[dict]:
         """Events still held back at the end of the ring."""
         for v in sorted(self._held):
-            yield self._held.pop(v)
+            yield from self._held.pop(v)
 
     def _maintenance(self, e) -> Iterator[dict]:
         reason = e.rule or "shim"
@@ -120,6 +129,30 @@ class ShimTrace:
             yield {"kind": "hyp-maintenance",
                    "op": "icache-inval" if e.kind == "ic" else "clean-inval",
                    "pa": e.pa, "size": e.size, "vcpu": e.vcpu, "reason": reason}
+
+    def _block_write(self, e) -> Iterator[dict]:
+        """A write granted on a leaf larger than a page (2 MiB block mode): the fault says
+        which page was written first, but any page of the leaf may be written until the
+        epoch ends unobserved, so the whole leaf is write evidence."""
+        if e.access == "write" and "w" in e.extra.get("perms", "") and e.size > PAGE and \
+                self._in_ram(e.pa, e.size):
+            yield {"kind": "guest-access", "vcpu": e.vcpu, "pa": e.pa, "size": e.size,
+                   "access": "write"}
+
+    def _written(self, e) -> Iterator[dict]:
+        """The lines a deferred write epoch changed, as guest writes (runs of lines)."""
+        mask, line = e.extra.get("lines", 0), 0
+        while mask >> line:
+            if not (mask >> line) & 1:
+                line += 1
+                continue
+            end = line
+            while (mask >> end) & 1:
+                end += 1
+            if self._in_ram(e.pa + 64 * line, 64 * (end - line)):
+                yield {"kind": "guest-access", "vcpu": e.vcpu, "pa": e.pa + 64 * line,
+                       "size": 64 * (end - line), "access": "write"}
+            line = end
 
     def _guest_cmo(self, e) -> Iterator[dict]:
         if e.op in IC_OPS:

@@ -157,6 +157,7 @@ class Replay:
         self.worlds = {n: World(n, POLICIES[n](self.nvcpus), self.ram) for n in names}
         self.host_zero = header.get("host_zero_ram", True)
         self.writes_tracked = header.get("writes") == "tracked"
+        self.accesses_tracked = header.get("accesses") == "tracked"
         self.traps_set_way = bool(header.get("traps_set_way", False))
         cpu = header.get("cpu") or {}
         self.dic = bool(int(cpu.get("ctr_el0", 0)) & CTR_DIC)
@@ -255,6 +256,8 @@ class Replay:
             self.sysreg_write(seq, e, reg)
         elif kind == "s2-unmap":
             self.unmap(int(e["addr"]), int(e["size"]))
+        elif kind == "s2-access":
+            self.access(seq, e)
         elif kind == "s2-attr":
             xn = int(e["xn"]) if e["present"] & E.OPTIONAL_BIT["xn"] else None
             self.attr(int(e["addr"]), int(e["size"]), int(e["memattr"]), xn)
@@ -434,7 +437,7 @@ class Replay:
         vc.sctlr = new
         if now_on and not was_on:
             self.check_mapped("stage1-enable-stale", "stale", ctx, vc)
-        if vc.caches_ever_on and was_on and not now_on:
+        if vc.caches_ever_on and was_on and not now_on and not self.accesses_tracked:
             vc.pending["caches-off-after-boot"] = ctx
         if (not bit(old, "I") and bit(new, "I")) or (not bit(old, "M") and mmu_now):
             vc.pending["icache-not-invalidated"] = ctx
@@ -442,6 +445,34 @@ class Replay:
         if mmu_now and not self.any_mmu_enabled:
             self.any_mmu_enabled = True
             self.window["end_seq"] = seq
+
+    def access(self, seq: int, e) -> None:
+        """The vCPU's first access to a page after a caches-off (the hypervisor hid the page
+        to see it): with its accesses non-cacheable, dirty lines there mean it reads (or
+        writes under) data that is not at PoC.  Contiguous pages in a row make one finding."""
+        v = int(e["vcpu"])
+        vc = self.vcpus[v]
+        ipa_page = int(e["addr"]) >> PAGE_SHIFT
+        idx = self.ram.page_index(self.pa_of_ipa.get(ipa_page, ipa_page) << PAGE_SHIFT)
+        if idx < 0 or not vc.caches_ever_on:
+            return
+        pages = np.array([idx], dtype=np.int64)
+        fires = {name: pages[~self._cacheable_pages(w, vc, pages)
+                             & w.cache.pages_with("dirty", pages)]
+                 for name, w in self.worlds.items()}
+        ctx = dict(seq=seq, vcpu=v, pc=int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"]
+                   else None, el=int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"]
+                   else None, sctlr=vc.sctlr)
+        before = {name: len(w.findings) for name, w in self.worlds.items()}
+        self._emit_pages("caches-off-after-boot", fires, ctx)
+        for name, w in self.worlds.items():
+            if len(w.findings) == before[name] + 1 and before[name]:
+                last, new = w.findings[-2], w.findings[-1]
+                if (last.kind, last.vcpu, last.covered_by, last.observed) == \
+                        (new.kind, new.vcpu, new.covered_by, new.observed) \
+                        and last.pa + last.size == new.pa:
+                    last.size += new.size
+                    w.findings.pop()
 
     def unobserved_transition(self, ctx: dict, tracked: int, old: int) -> None:
         """The write says SCTLR_EL1 was ``old``; the model last saw ``tracked``: an M, C or I
@@ -648,7 +679,7 @@ class Replay:
         m_idx, m_page, _, _ = self.ram.pieces(ev["pa"][maps], ev["size"][maps])
         m_who = maps[m_idx]
         faults = np.flatnonzero(ev["kind"] == KIND["s2-fault"])
-        access = ev["access"][faults]
+        access = _access(ev, faults)
         effect = faults[(access == E.ACCESS.index("write")) | (access == E.ACCESS.index("exec"))]
         f_page = self._fault_pages(ev, effect) if effect.size else np.zeros(0, dtype=np.int64)
         ok = f_page >= 0
@@ -784,11 +815,11 @@ class Replay:
                     ctx["has_pc"][got] = (present & E.OPTIONAL_BIT["pc"]) != 0
                     ctx["el"][got] = np.where(present & E.OPTIONAL_BIT["el"],
                                               ev["el"][f].astype(np.int16), -1)
-                    answer[got] = ev["access"][f]
+                    answer[got] = _access(ev, f)
                     answer_ipa[got] = ipa_page[f]
             if mine.size:
                 i = int(mine[-1])
-                self.last_fault[v] = (*self._fault_ctx(ev, i), int(ev["access"][i]),
+                self.last_fault[v] = (*self._fault_ctx(ev, i), int(_access(ev, mine[-1:])[0]),
                                       int(ipa_page[i]))
         # A fault answered inside the map's range; a fault answered once only.
         m_first = ipa_page[maps]
@@ -963,6 +994,14 @@ class Replay:
                                    for w in self.worlds.values()) + self.mapped.nbytes
                 + self.ever_mapped.nbytes + self.memattr.nbytes,
                 "cost": {n: w.cost.as_dict() for n, w in self.worlds.items()}}
+
+
+def _access(ev, faults: np.ndarray) -> np.ndarray:
+    """The access each fault is evidence of: a deferred write (its lines come later as
+    guest-access writes) counts as a read."""
+    access = ev["access"][faults]
+    return np.where((access == E.ACCESS.index("write")) & (ev["op"][faults] == 1),
+                    E.ACCESS.index("read"), access)
 
 
 def _known(row) -> tuple[int | None, int | None]:

@@ -58,9 +58,15 @@ KINDS: dict[str, tuple[Field, ...]] = {
     "s2-unmap": (_f("ipa", "u64", "addr"), _f("size", "u64")),
     "s2-attr": (_f("ipa", "u64", "addr"), _f("size", "u64"), _f("memattr", "u8"),
                 _f("xn", "u8", optional=True)),
+    # deferred 1: a write whose changed lines come later as guest-access writes (the
+    # hypervisor compared the page before and after), so the fault itself is no evidence.
     "s2-fault": (_f("vcpu", "u32"), _f("ipa", "u64", "addr"), _f("access", ACCESS),
                  _f("esr", "u64", optional=True), _f("pc", "u64", optional=True),
-                 _f("el", "u8", optional=True)),
+                 _f("el", "u8", optional=True), _f("deferred", "u8", "op", optional=True)),
+    # The hypervisor saw the vCPU's first access to a page after a vCPU turned its caches
+    # off (observation: the page stays mapped for every policy).
+    "s2-access": (_f("vcpu", "u32"), _f("ipa", "u64", "addr"), _f("access", ACCESS),
+                  _f("pc", "u64", optional=True), _f("el", "u8", optional=True)),
     "host-write": (_f("pa", "u64"), _f("size", "u64"), _f("source", SOURCES, "op")),
     "guest-access": (_f("vcpu", "u32"), _f("pa", "u64"), _f("size", "u64"),
                      _f("access", ACCESS), _f("va", "u64", optional=True),

@@ -37,7 +37,7 @@ RAM_KINDS = frozenset({"host-write", "guest-access", "cmo-va", "hyp-maintenance"
 # Address fields checked against the event's size for overflow past 2^64 (by column).
 _SIZED_COLUMNS = ("addr", "pa")
 _HEADER_KEYS = {"schema", "ram", "vcpus", "policy", "source", "hcr", "host_zero_ram", "meta",
-                "writes", "cpu", "traps_set_way"}
+                "writes", "accesses", "cpu", "traps_set_way"}
 # "cpu": the target's cache geometry and identity (integers; "model" a string).
 _CPU_KEYS = {"ctr_el0", "clidr_el1", "midr_el1", "model"}
 _ADDR_END = 1 << 64
@@ -241,6 +241,8 @@ def _check_header(h, line: int = 1) -> _Context:
                           ("host_zero_ram", lambda v: type(v) is bool, "true or false"),
                           ("traps_set_way", lambda v: type(v) is bool, "true or false"),
                           ("writes", lambda v: v in ("tracked", "untracked"),
+                           '"tracked" or "untracked"'),
+                          ("accesses", lambda v: v in ("tracked", "untracked"),
                            '"tracked" or "untracked"'),
                           ("cpu", lambda v: type(v) is dict, "an object"),
                           ("meta", lambda v: type(v) is dict, "an object")):

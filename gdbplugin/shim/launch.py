@@ -28,7 +28,8 @@ PARAMS_MAGIC = 0x31504D4948533253          # "S2SHIMP1"
 PARAMS_VERSION = 1
 POLICIES = {"none": 0, "rfc2013": 1, "kvm": 2, "xen": 3, "fwb": 4}
 RING_FULL = {"halt": 0, "wait": 1, "drop": 2}
-FLAG_BLOCKS, FLAG_POWEROFF, FLAG_QUIET, FLAG_TRAP_CMO = 1, 2, 4, 8
+FLAG_BLOCKS, FLAG_POWEROFF, FLAG_QUIET, FLAG_TRAP_CMO, FLAG_TRACK_WRITES = 1, 2, 4, 8, 16
+FLAG_TRACK_ACCESS = 32
 PAYLOAD_ADDR = 0x40400000                  # default load address of the payload (RAM + 4 MiB)
 LINK_BASE = 0x40200000
 
@@ -108,23 +109,39 @@ class Layout:
 class ShimParams:
     """What ``struct params`` carries (shim.h).  ``hook_kinds``: ring kinds (names, see
     ring.KINDS) for which the shim calls ``shim_hook`` -- plant a breakpoint there for a
-    synchronous stop.  ``observe``: TVM for observation only (0: as the policy says, 1: until
-    the vCPU's caches are on, 2: always).  ``trap_cmo``: also trap the guest's own cache
-    maintenance by VA (HCR_EL2.TPCP|TPU; more than KVM traps) and record it as ``guest-cmo``."""
+    synchronous stop.
+
+    Observation (invisible to the policy, on by default; ``kvm_like()`` turns it off):
+    ``observe``: TVM for observation only (0: as the policy says, 1: until the vCPU's caches
+    are on, 2: always, so every SCTLR_EL1 transition is seen).  ``trap_cmo``: trap the
+    guest's own cache maintenance by VA (HCR_EL2.TPCP|TPU: DC to PoC and PoU, IC; more than
+    KVM traps) and record it as ``guest-cmo``.  ``track_writes``: map RAM read-only until the
+    first write of each epoch (SCTLR_EL1 M/C changes and VM flushes start one), so guest writes
+    are observed, not assumed; with the writer's caches off, the lines it changed.
+    ``track_access``: when a vCPU turns its caches off, its first access to each page is
+    observed (caches-off hazards are judged where the guest really goes non-cacheable)."""
 
     policy: str = "kvm"
     entry: int = PAYLOAD_ADDR
     blocks: bool = False
     poweroff_on_fatal: bool = False
     quiet: bool = False
-    ring_records: int = 1 << 17
+    ring_records: int = 1 << 19
     ring_full: str = "halt"
-    observe: int = 1
+    observe: int = 2
     hook_kinds: tuple[str, ...] = ()
     dtb: int = 0
     pool_size: int = 0
     entry_x0: int = 0
-    trap_cmo: bool = False
+    trap_cmo: bool = True
+    track_writes: bool = True
+    track_access: bool = True
+
+    @classmethod
+    def kvm_like(cls, **kw) -> "ShimParams":
+        """Only the traps KVM itself sets: no observation beyond the policy's own."""
+        return cls(**{"observe": 0, "trap_cmo": False, "track_writes": False,
+                      "track_access": False, **kw})
 
     def words(self) -> list[int]:
         from .ring import KIND_IDS
@@ -145,7 +162,9 @@ class ShimParams:
         flags = ((FLAG_BLOCKS if self.blocks else 0) |
                  (FLAG_POWEROFF if self.poweroff_on_fatal else 0) |
                  (FLAG_QUIET if self.quiet else 0) |
-                 (FLAG_TRAP_CMO if self.trap_cmo else 0))
+                 (FLAG_TRAP_CMO if self.trap_cmo else 0) |
+                 (FLAG_TRACK_WRITES if self.track_writes else 0) |
+                 (FLAG_TRACK_ACCESS if self.track_access else 0))
         return [PARAMS_MAGIC, PARAMS_VERSION, POLICIES[self.policy], self.entry, flags, n,
                 RING_FULL[self.ring_full], self.observe, mask, self.dtb, self.pool_size,
                 self.entry_x0]

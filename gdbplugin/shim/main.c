@@ -219,6 +219,7 @@ static void __attribute__((noreturn)) vcpu_start(struct vcpu *v, u64 entry, u64 
 {
     write_sysreg(tpidr_el2, (u64)v);
     policy_vcpu_reset(v);
+    v->started = true;
     vcpu_el2_init(v);
     stat_add(ST_VCPUS, 1);
     emit(K_VCPU_START, v, 2, A_NONE, v->slot, 0, entry, 0, 0, 0, 0, x0);
@@ -258,6 +259,14 @@ void __attribute__((noreturn)) shim_main(void)
     h->mmio_count = cfg.mmio_count;
     h->fw_cfg[0] = cfg.fwcfg_base;
     h->fw_cfg[1] = cfg.fwcfg_size;
+    h->ctr_el0 = read_sysreg(ctr_el0);
+    h->clidr_el1 = read_sysreg(clidr_el1);
+    h->midr_el1 = read_sysreg(midr_el1);
+    h->rom_count = cfg.rom_count;
+    for (u64 i = 0; i < cfg.rom_count && i < 8; i++) {
+        h->rom[i][0] = cfg.rom[i][0];
+        h->rom[i][1] = cfg.rom[i][1];
+    }
     for (u64 i = 0; i < cfg.mmio_count && i < 64; i++) {
         h->mmio[i][0] = cfg.mmio[i][0];
         h->mmio[i][1] = cfg.mmio[i][1];

@@ -80,9 +80,13 @@ void policy_boot(void)
          cfg.ram_base, cfg.ram_end - cfg.ram_base, 0);
 }
 
-/* A vCPU (re)starts: HCR_EL2.TVM as the hypervisor's reset would set it. */
+/* A vCPU starts: HCR_EL2.TVM as the hypervisor's reset would set it.  KVM arms TVM at
+ * KVM_ARM_VCPU_INIT (vcpu_reset_hcr), which the VMM does once per vCPU; a guest's PSCI CPU_ON
+ * after CPU_OFF (kvm_psci_vcpu_on -> kvm_reset_vcpu) leaves HCR_EL2 alone. */
 void policy_vcpu_reset(struct vcpu *v)
 {
+    if (v->started)
+        return;
     v->policy_tvm = cfg.effective == POL_KVM ||
                     (cfg.effective == POL_RFC2013 && !any_mmu_on);
 }

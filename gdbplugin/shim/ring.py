@@ -29,7 +29,8 @@ MAX_VCPUS = 16
 KINDS = {1: "shim-start", 2: "vcpu-start", 3: "s2-fault", 4: "s2-map", 5: "s2-perm",
          6: "s2-unmap", 7: "dc", 8: "ic", 9: "flush-vm", 10: "tlbi", 11: "sysreg-write",
          12: "set-way", 13: "smc", 14: "hvc", 15: "tvm", 16: "diag", 17: "psci-cpu-on",
-         18: "guest-cmo", 19: "host-dma"}
+         18: "guest-cmo", 19: "host-dma", 20: "s2-wrprotect", 21: "s2-written",
+         22: "s2-access", 23: "s2-hide"}
 KIND_IDS = {name: k for k, name in KINDS.items()}
 ACCESS = {0: None, 1: "read", 2: "write", 3: "exec"}
 POLICY_NAMES = {0: "none", 1: "rfc2013", 2: "kvm", 3: "xen", 4: "fwb"}
@@ -67,7 +68,8 @@ GUEST_CMO_OPS = {1: "dc-ivac", 2: "dc-cvac", 3: "dc-civac", 4: "dc-cvau", 5: "dc
                  6: "ic-ivau", 7: "ic-iallu", 8: "ic-ialluis"}
 STATS = ["traps", "dabt", "iabt", "map_normal", "map_device", "exec_grant", "dc_bytes",
          "ic_ops", "flush_vm", "sysreg", "set_way", "smc", "hvc", "spurious", "tables",
-         "vcpus", "guest_cmo", "map_rom", "rom_writes", "fw_cfg", "host_dma", "host_dma_bytes"]
+         "vcpus", "guest_cmo", "map_rom", "rom_writes", "fw_cfg", "host_dma", "host_dma_bytes",
+         "write_grant", "wrprotect", "snapshots", "snapshot_full", "accesses"]
 
 _REC = struct.Struct("<QHBBBBHQQQQQQ")
 assert _REC.size == RECORD_SIZE
@@ -115,7 +117,8 @@ def decode_record(index: int, raw: bytes) -> Event:
     if kind == "s2-fault":
         return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      va=None if flags & 2 else va, op="fault",
-                     extra={"fsc": op, "s1ptw": bool(flags & 1), "far_valid": not flags & 2})
+                     extra={"fsc": op, "s1ptw": bool(flags & 1), "far_valid": not flags & 2,
+                            "deferred": bool(flags & 16)})
     if kind in ("s2-map", "s2-perm"):
         perms = "".join(c for b, c in ((1, "r"), (2, "w"), (4, "x")) if flags & b)
         return Event(**base, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
@@ -161,6 +164,18 @@ def decode_record(index: int, raw: bytes) -> Event:
                      op="fw-cfg-dma",
                      extra={"selector": flags, "descriptor": va,
                             "control": [n for b, n in FW_CFG_CONTROL.items() if op & b]})
+    if kind == "s2-written":
+        return Event(**base, pc=pc, access="write", ipa=ipa, pa=pa, size=size, op="lines",
+                     extra={"lines": va})
+    if kind == "s2-access":
+        return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
+                     size=size, va=va or None, op="access")
+    if kind == "s2-hide":
+        return Event(**base, pc=pc, ipa=ipa, size=size, op="hide" if op else "restore",
+                     extra={"end": pa})
+    if kind == "s2-wrprotect":
+        return Event(**base, pc=pc, ipa=ipa if va else None, size=size, op="wrprotect",
+                     extra={"end": pa, "leaves": va})
     if kind == "psci-cpu-on":
         return Event(**base, pc=pc, extra={"target": op, "entry": ipa, "shim_entry": pa,
                                            "mpidr": va})
@@ -207,6 +222,8 @@ class RingHeader:
     vcpus: dict[int, int]                 # slot -> MPIDR of every vCPU that started
     mmio: list[tuple[int, int]]
     fw_cfg: tuple[int, int] = (0, 0)      # fw_cfg window (base, size): emulated, never mapped
+    cpu: dict = field(default_factory=dict)   # ctr_el0, clidr_el1, midr_el1
+    rom: list = field(default_factory=list)   # cfi-flash windows (base, size)
 
     @classmethod
     def parse(cls, pa: int, raw: bytes) -> "RingHeader":
@@ -233,7 +250,9 @@ class RingHeader:
                    policy_effective=POLICY_NAMES.get(d(0xA4), str(d(0xA4))), flags=q(0xA8),
                    dtb=q(0xB0), entry=q(0xB8), stalls=q(0xC8),
                    stats={name: q(0x100 + 8 * i) for i, name in enumerate(STATS)},
-                   diag=diag, vcpus=vcpus, mmio=mmio, fw_cfg=(q(0xE0), q(0xE8)))
+                   diag=diag, vcpus=vcpus, mmio=mmio, fw_cfg=(q(0xE0), q(0xE8)),
+                   cpu={"ctr_el0": q(0x6C0), "clidr_el1": q(0x6C8), "midr_el1": q(0x6D0)},
+                   rom=[(q(0x6E0 + 16 * i), q(0x6E8 + 16 * i)) for i in range(min(q(0x6D8), 8))])
 
 
 class RingReader:

@@ -32,6 +32,7 @@ spinlock_t s2_lock;
 #define S2_AF       (1UL << 10)
 #define S2_XN       (2UL << 53)     /* XN[1:0] = 0b10: not executable at EL1 nor EL0 */
 #define S2_SW_SHIM  (1UL << 55)     /* software bit: mapped by the shim */
+#define S2_SW_HIDDEN (1UL << 56)    /* software bit: a valid leaf hidden to observe an access */
 #define S2_ATTR(x)  ((u64)(x) << 2)
 #define OA_MASK     0x0000fffffffff000UL
 #define ATTR_NORMAL 0xfUL           /* Outer WB, Inner WB */
@@ -92,13 +93,20 @@ static u64 *walk(u64 ipa, int level, bool *block_above)
     return e;
 }
 
-/* Leaf entry mapping `ipa` (any level), or NULL. */
-static u64 *leaf_of(u64 ipa, u64 *size)
+/* Leaf entry mapping `ipa` (any level), or NULL; with `hidden`, a hidden leaf (never a
+ * table: only leaves are hidden, and a hidden level-2 entry is a block). */
+static u64 *leaf_lookup(u64 ipa, u64 *size, bool hidden)
 {
     u64 *e = &root[(ipa >> 30) & 0x3ff];
     for (int lv = 1; lv <= 3; lv++) {
         u64 d = *e;
+        if (hidden && !(d & D_VALID) && (d & S2_SW_HIDDEN)) {
+            *size = lv == 3 ? PAGE_SIZE : lv == 2 ? BLOCK_SIZE : 1UL << 30;
+            return e;
+        }
         if (!(d & D_VALID))
+            return NULL;
+        if (hidden && (lv == 3 || (d & 3) == D_BLOCK))
             return NULL;
         if (lv == 3 || (d & 3) == D_BLOCK) {
             *size = lv == 3 ? PAGE_SIZE : lv == 2 ? BLOCK_SIZE : 1UL << 30;
@@ -108,6 +116,11 @@ static u64 *leaf_of(u64 ipa, u64 *size)
         e = &next[(ipa >> (lv == 1 ? 21 : 12)) & 0x1ff];
     }
     return NULL;
+}
+
+static u64 *leaf_of(u64 ipa, u64 *size)
+{
+    return leaf_lookup(ipa, size, false);
 }
 
 bool ipa_is_ram(u64 ipa)
@@ -191,6 +204,80 @@ static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc
     policy_on_exec(v, base, size, pc);
 }
 
+bool track_writes(void)
+{
+    return cfg.flags & PF_TRACK_WRITES;
+}
+
+/* Line-precise evidence of non-cacheable writes.  A page written while the writer's caches
+ * are off is copied when the write fault opens its epoch; when the epoch ends (the page is
+ * write-protected again) the lines whose content changed are recorded (K_S2_WRITTEN).  A
+ * write that leaves RAM as it was cannot make a cached copy stale, so "changed" is exactly
+ * what the model needs.  Slots run out only if a guest writes more than SNAP_SLOTS pages with
+ * its caches off between two epochs; then the fault is whole-page evidence as before. */
+#define SNAP_SLOTS 256
+static u8 snap_data[SNAP_SLOTS][PAGE_SIZE] __attribute__((aligned(4096)));
+static u64 snap_page[SNAP_SLOTS];           /* page + 1; 0: free */
+static u8 snap_vcpu[SNAP_SLOTS];
+
+static int snap_find(u64 page)
+{
+    for (int i = 0; i < SNAP_SLOTS; i++)
+        if (snap_page[i] == page + 1)
+            return i;
+    return -1;
+}
+
+/* Caller holds s2_lock. */
+static int snap_take(struct vcpu *v, u64 page)
+{
+    int i = snap_find(page);
+    if (i >= 0)
+        return i;
+    for (i = 0; i < SNAP_SLOTS; i++) {
+        if (!snap_page[i]) {
+            memcpy(snap_data[i], (void *)page, PAGE_SIZE);
+            snap_page[i] = page + 1;
+            snap_vcpu[i] = (u8)v->slot;
+            stat_add(ST_SNAPSHOTS, 1);
+            return i;
+        }
+    }
+    stat_add(ST_SNAPSHOT_FULL, 1);
+    return -1;
+}
+
+/* The epoch of `page` ends: record which lines changed.  Caller holds s2_lock. */
+static void snap_end(u64 page, u64 pc)
+{
+    int i = snap_find(page);
+    if (i < 0)
+        return;
+    const u64 *now = (const u64 *)page, *then = (const u64 *)snap_data[i];
+    u64 mask = 0;
+    for (u64 line = 0; line < 64; line++)
+        for (u64 w = 0; w < 8; w++)
+            if (now[line * 8 + w] != then[line * 8 + w]) {
+                mask |= 1UL << line;
+                break;
+            }
+    snap_page[i] = 0;
+    struct vcpu *writer = &vcpus[snap_vcpu[i]];
+    emit(K_S2_WRITTEN, writer, 2, A_WRITE, 0, 0, pc, 0, page, page, PAGE_SIZE, mask);
+}
+
+/* The guest writes a RAM leaf the shim write-protected to observe writes (PF_TRACK_WRITES):
+ * give it W.  A permission relaxation, as KVM's stage2_attr_walker: no D-side maintenance,
+ * a local TLB invalidation (another vCPU takes a spurious fault at worst). */
+static void grant_write(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc)
+{
+    *e |= S2_AP_RW;
+    tlb_inval_ipa_local(base);
+    stat_add(ST_WRITE_GRANT, 1);
+    emit(K_S2_PERM, v, el, A_WRITE, MT_NORMAL, perms_of(*e), pc, 0, base, *e & OA_MASK,
+         size, 0);
+}
+
 void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
 {
     u64 far = read_sysreg(far_el2), hpfar = read_sysreg(hpfar_el2);
@@ -202,14 +289,19 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
     bool wnr = !iabt && (esr & (1UL << 6));
     u64 page = ((hpfar >> 4) & ((1UL << 40) - 1)) << 12;
     u64 ipa = page | ((s1ptw || fnv) ? 0 : (far & 0xfff));
-    u8 access = s1ptw ? (wnr ? A_WRITE : A_READ) : iabt ? A_EXEC : wnr ? A_WRITE : A_READ;
+    u64 type = fsc & 0x3c;
+    /* kvm_is_write_fault: a stage-1 walk is a write only when it faults on permission (a
+     * hardware AF/DBM update); QEMU reports WnR of the instruction behind a walk */
+    u8 access = s1ptw ? (type == 0x0c ? A_WRITE : A_READ) : iabt ? A_EXEC :
+                wnr ? A_WRITE : A_READ;
     u16 flags = (s1ptw ? FAULT_S1PTW : 0) | (fnv ? FAULT_FNV : 0) | (wnr ? FAULT_WRITE : 0);
     int problem = 0;
-    u64 type = fsc & 0x3c;
 
     stat_add(iabt ? ST_IABT : ST_DABT, 1);
     bool ram = ipa_is_ram(page);
     bool rom = !ram && ipa_is_rom(page);
+    u64 s1 = read_sysreg(sctlr_el1);
+    bool nc_writer = (s1 & (SCTLR_M | SCTLR_C)) != (SCTLR_M | SCTLR_C);
     /* What KVM sends to the VMM as MMIO (kvm_handle_guest_abort -> io_mem_abort): any data
      * access to fw_cfg, a write to a read-only memslot.  Not a stage-2 event: no record. */
     if (!iabt && !s1ptw && (type == 0x04 || type == 0x0c) &&
@@ -218,6 +310,23 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
         return;
     }
     spin_lock(&s2_lock);
+    u64 hsize;
+    u64 *hidden = type == 0x04 ? leaf_lookup(page, &hsize, true) : NULL;
+    if (hidden) {                       /* observation only (PF_TRACK_ACCESS): restore it */
+        *hidden = (*hidden & ~S2_SW_HIDDEN) | D_VALID;
+        dsb(ishst);
+        stat_add(ST_ACCESS, 1);
+        emit(K_S2_ACCESS, v, el, access, MT_NORMAL, perms_of(*hidden), pc, esr, ipa,
+             ALIGN_DOWN(page, hsize), hsize, fnv ? 0 : far);
+        spin_unlock(&s2_lock);
+        return;
+    }
+    int snap = -1;
+    if (access == A_WRITE && ram && nc_writer && track_writes() && !(cfg.flags & PF_BLOCKS)) {
+        snap = snap_take(v, page);                  /* before the write lands */
+        if (snap >= 0)
+            flags |= FAULT_DEFERRED;
+    }
     emit(K_S2_FAULT, v, el, access, fsc, flags, pc, esr, ipa, ipa, 0, fnv ? 0 : far);
 
     bool normal = ram || rom;                           /* Normal at stage 2 */
@@ -253,13 +362,16 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
             stat_add(ST_SPURIOUS, 1);
             if (access == A_EXEC && (*e & S2_XN))
                 grant_exec(v, e, base, size, el, pc, memtype);
+            else if (access == A_WRITE && ram && (*e & S2_AP_RW) != S2_AP_RW)
+                grant_write(v, e, base, size, el, pc);
             goto out;
         }
         bool exec = access == A_EXEC || !policy_exec_on_demand();
         u64 attr = normal ? (policy_fwb() ? ATTR_FWB_WB : ATTR_NORMAL) : ATTR_DEVICE;
         /* flash: KVM's read-only memslot (user_mem_abort maps it without write permission;
          * a translation fault of a stage-1 walk reading it is a read: kvm_is_write_fault) */
-        u64 d = base | S2_AF | S2_SH_IS | (rom ? S2_AP_RO : S2_AP_RW) | S2_ATTR(attr) |
+        bool writable = !rom && !(ram && track_writes() && access != A_WRITE);
+        u64 d = base | S2_AF | S2_SH_IS | (writable ? S2_AP_RW : S2_AP_RO) | S2_ATTR(attr) |
                 S2_SW_SHIM | (exec ? 0 : S2_XN) | (level == 3 ? D_TABLE : D_BLOCK);
         *e = d;
         dsb(ishst);
@@ -275,6 +387,11 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
         } else if (e && access == A_EXEC) {
             stat_add(ST_SPURIOUS, 1);                   /* another vCPU granted it: our */
             tlb_inval_ipa_local(page);                  /* TLB may still hold XN */
+        } else if (e && ram && access == A_WRITE && (*e & S2_AP_RW) != S2_AP_RW) {
+            grant_write(v, e, ALIGN_DOWN(page, size), size, el, pc);
+        } else if (e && ram && access == A_WRITE) {
+            stat_add(ST_SPURIOUS, 1);                   /* granted meanwhile */
+            tlb_inval_ipa_local(page);
         } else {
             /* includes a stage-1 walk that wants to write (hardware AF/DBM) tables in flash:
              * KVM's kvm_is_write_fault calls an S1PTW permission fault a write, and a write
@@ -293,50 +410,141 @@ out:
         fatal(v, problem, pc, esr, ipa, far, fsc);
 }
 
-/* Clean+invalidate every mapped Normal leaf to PoC (KVM stage2_flush_vm, Xen p2m_flush_vm):
- * one K_FLUSH_VM record for the sweep.  Caller holds no lock. */
-void flush_vm(struct vcpu *v, int rule, u64 pc)
+/* Visit every valid leaf of the stage 2 inside [lo, hi): fn(entry, base, size, ctx).  One
+ * walker for the sweeps (the shim's tables: two concatenated level-1 roots, level-2 blocks,
+ * level-3 pages).  Caller holds s2_lock. */
+static void for_each_leaf(u64 lo, u64 hi, void (*fn)(u64 *, u64, u64, void *), void *ctx)
 {
-    u64 lo = ~0UL, hi = 0, bytes = 0, leaves = 0;
-    spin_lock(&s2_lock);
-    for (u64 i = 0; i < 1024; i++) {
+    for (u64 i = lo >> 30; i < 1024 && (i << 30) < hi; i++) {
         u64 d1 = root[i];
-        if (!(d1 & D_VALID))
+        if (!(d1 & D_VALID) || (d1 & 3) == D_BLOCK)     /* level-1 blocks: never made by us */
             continue;
         u64 *l2 = (u64 *)(d1 & OA_MASK);
-        if ((d1 & 3) == D_BLOCK)
-            continue;                                   /* never made by us */
         for (u64 j = 0; j < 512; j++) {
-            u64 d2 = l2[j];
-            if (!(d2 & D_VALID))
-                continue;
             u64 base2 = (i << 30) | (j << 21);
-            if ((d2 & 3) == D_BLOCK) {
-                if (((d2 >> 2) & 0xf) != ATTR_DEVICE) {
-                    dcache_clean_inval(base2, BLOCK_SIZE);
-                    lo = base2 < lo ? base2 : lo;
-                    hi = base2 + BLOCK_SIZE > hi ? base2 + BLOCK_SIZE : hi;
-                    bytes += BLOCK_SIZE;
-                    leaves++;
-                }
+            if (!(l2[j] & (D_VALID | S2_SW_HIDDEN)) || base2 + BLOCK_SIZE <= lo || base2 >= hi)
+                continue;
+            if ((l2[j] & 3) != D_TABLE) {               /* a block, maybe hidden */
+                fn(&l2[j], base2, BLOCK_SIZE, ctx);
                 continue;
             }
-            u64 *l3 = (u64 *)(d2 & OA_MASK);
+            u64 *l3 = (u64 *)(l2[j] & OA_MASK);
             for (u64 k = 0; k < 512; k++) {
-                u64 d3 = l3[k];
-                if (!(d3 & D_VALID) || ((d3 >> 2) & 0xf) == ATTR_DEVICE)
-                    continue;
                 u64 base3 = base2 | (k << 12);
-                dcache_clean_inval(base3, PAGE_SIZE);
-                lo = base3 < lo ? base3 : lo;
-                hi = base3 + PAGE_SIZE > hi ? base3 + PAGE_SIZE : hi;
-                bytes += PAGE_SIZE;
-                leaves++;
+                if ((l3[k] & (D_VALID | S2_SW_HIDDEN)) && base3 + PAGE_SIZE > lo && base3 < hi)
+                    fn(&l3[k], base3, PAGE_SIZE, ctx);
             }
         }
     }
+}
+
+struct sweep { u64 lo, hi, bytes, leaves; };
+
+static void sweep_add(struct sweep *s, u64 base, u64 size)
+{
+    s->lo = base < s->lo ? base : s->lo;
+    s->hi = base + size > s->hi ? base + size : s->hi;
+    s->bytes += size;
+    s->leaves++;
+}
+
+static void flush_leaf(u64 *e, u64 base, u64 size, void *ctx)
+{
+    if (((*e >> 2) & 0xf) == ATTR_DEVICE)
+        return;
+    dcache_clean_inval(base, size);
+    sweep_add(ctx, base, size);
+}
+
+/* Clean+invalidate every mapped Normal leaf to PoC (KVM stage2_flush_vm, Xen p2m_flush_vm):
+ * one K_FLUSH_VM record for the sweep.  Caller holds no lock.  Under write tracking the
+ * flush ends the write epoch (the writes before it are recorded first) and starts a new one:
+ * writes after it are observed again. */
+void flush_vm(struct vcpu *v, int rule, u64 pc)
+{
+    struct sweep sw = {~0UL, 0, 0, 0};
+    if (track_writes())
+        s2_wrprotect(v, 0, ~0UL, pc, true);
+    spin_lock(&s2_lock);
+    for_each_leaf(0, ~0UL, flush_leaf, &sw);
     stat_add(ST_FLUSH_VM, 1);
-    emit(K_FLUSH_VM, v, 2, A_NONE, DC_CIVAC, (u16)rule, pc, 0, leaves ? lo : 0, hi, bytes,
-         leaves);
+    emit(K_FLUSH_VM, v, 2, A_NONE, DC_CIVAC, (u16)rule, pc, 0, sw.leaves ? sw.lo : 0, sw.hi,
+         sw.bytes, sw.leaves);
+    spin_unlock(&s2_lock);
+}
+
+struct wrprotect { struct sweep sw; u64 pc; };
+
+static void wrprotect_leaf(u64 *e, u64 base, u64 size, void *ctx)
+{
+    struct wrprotect *w = ctx;
+    if (!ipa_is_ram(base) || (*e & S2_AP_RW) != S2_AP_RW)
+        return;
+    *e = (*e & ~S2_AP_RW) | S2_AP_RO;
+    sweep_add(&w->sw, base, size);
+    if (size == PAGE_SIZE)
+        snap_end(base, w->pc);
+}
+
+/* Write-protect the RAM leaves in [ipa, ipa + size) (observation only, PF_TRACK_WRITES): the
+ * next write to each faults and is recorded.  `record`: one K_S2_WRPROTECT for the sweep (a
+ * guest clean by VA re-protects its page silently, so runs of its records stay coalesced). */
+void s2_wrprotect(struct vcpu *v, u64 ipa, u64 size, u64 pc, bool record)
+{
+    struct wrprotect w = {{~0UL, 0, 0, 0}, pc};
+    spin_lock(&s2_lock);
+    for_each_leaf(ipa, ipa + size < ipa ? ~0UL : ipa + size, wrprotect_leaf, &w);
+    struct sweep sw = w.sw;
+    if (sw.leaves) {
+        dsb(ishst);
+        if (sw.leaves == 1) {
+            __asm__ volatile("tlbi ipas2e1is, %0" : : "r"(sw.lo >> 12) : "memory");
+            dsb(ish);
+            __asm__ volatile("tlbi vmalle1is" : : : "memory");
+        } else {
+            __asm__ volatile("tlbi vmalls12e1is" : : : "memory");
+        }
+        dsb(ish);
+        isb();
+        stat_add(ST_WRPROTECT, sw.leaves);
+    }
+    if (record && sw.leaves)
+        emit(K_S2_WRPROTECT, v, 2, A_NONE, 0, 0, pc, 0, sw.leaves ? sw.lo : 0, sw.hi,
+             sw.bytes, sw.leaves);
+    spin_unlock(&s2_lock);
+}
+
+static void hide_leaf(u64 *e, u64 base, u64 size, void *ctx)
+{
+    if (!ipa_is_ram(base) || !(*e & D_VALID))
+        return;
+    *e = (*e & ~D_VALID) | S2_SW_HIDDEN;
+    sweep_add(ctx, base, size);
+}
+
+static void unhide_leaf(u64 *e, u64 base, u64 size, void *ctx)
+{
+    if (!(*e & S2_SW_HIDDEN))
+        return;
+    *e = (*e & ~S2_SW_HIDDEN) | D_VALID;
+    sweep_add(ctx, base, size);
+}
+
+/* Hide every RAM leaf (a vCPU turned its caches off: its first access to each page is then
+ * observed, PF_TRACK_ACCESS) or restore the hidden ones (caches on again).  Observation
+ * only: the leaves stay mapped for the policy (flushes and write-protection visit them). */
+void s2_hide(struct vcpu *v, bool hide, u64 pc)
+{
+    struct sweep sw = {~0UL, 0, 0, 0};
+    spin_lock(&s2_lock);
+    for_each_leaf(0, ~0UL, hide ? hide_leaf : unhide_leaf, &sw);
+    dsb(ishst);
+    if (hide && sw.leaves) {
+        __asm__ volatile("tlbi vmalls12e1is" : : : "memory");
+        dsb(ish);
+        isb();
+    }
+    if (sw.leaves)
+        emit(K_S2_HIDE, v, 2, A_NONE, hide, 0, pc, 0, sw.lo, sw.hi, sw.leaves, 0);
     spin_unlock(&s2_lock);
 }

@@ -41,6 +41,16 @@ enum policy { POL_NONE = 0, POL_RFC2013 = 1, POL_KVM = 2, POL_XEN = 3, POL_FWB =
 #define PF_QUIET        (1UL << 2)  /* no banner on the UART (diagnostics are still printed) */
 #define PF_TRAP_CMO     (1UL << 3)  /* observation: trap the guest's own cache maintenance by VA
                                        (HCR_EL2.TPCP|TPU), perform it, record K_GUEST_CMO */
+#define PF_TRACK_ACCESS (1UL << 5)  /* observation: when a vCPU turns its caches off, every RAM
+                                       leaf is hidden (invalid, S2_SW_HIDDEN) so the first access
+                                       to each page faults, is recorded (K_S2_ACCESS) and the leaf
+                                       restored; all are restored when caches go on again.
+                                       Invisible to the policy. */
+#define PF_TRACK_WRITES (1UL << 4)  /* observation: map RAM read-only until the first write of
+                                       an epoch (a write fault grants W: K_S2_PERM); every SCTLR_EL1
+                                       M/C change and VM flush starts a new epoch (all RAM leaves
+                                       write-protected: K_S2_WRPROTECT), a guest clean by VA
+                                       ends its page's epoch.  Invisible to the policy. */
 
 /* params.ring_full: what happens when the ring has no free record */
 enum { FULL_HALT = 0, FULL_WAIT = 1, FULL_DROP = 2 };
@@ -86,8 +96,13 @@ enum kind {
     K_SHIM_START = 1, K_VCPU_START = 2, K_S2_FAULT = 3, K_S2_MAP = 4, K_S2_PERM = 5,
     K_S2_UNMAP = 6, K_DC = 7, K_IC = 8, K_FLUSH_VM = 9, K_TLBI = 10, K_SYSREG = 11,
     K_SET_WAY = 12, K_SMC = 13, K_HVC = 14, K_TVM = 15, K_DIAG = 16, K_PSCI_ON = 17,
-    K_GUEST_CMO = 18, K_HOST_DMA = 19,
+    K_GUEST_CMO = 18, K_HOST_DMA = 19, K_S2_WRPROTECT = 20, K_S2_WRITTEN = 21,
+    K_S2_ACCESS = 22, K_S2_HIDE = 23,
 };
+/* K_S2_ACCESS: a vCPU's first access to a hidden page (ipa, access, pc).  K_S2_HIDE: op 1 the
+ * RAM leaves were hidden (a vCPU turned its caches off), 0 restored; size = leaves. */
+/* K_S2_WRITTEN: pa = the page, va = bit mask of its 64-byte lines whose content changed since
+ * the deferred write fault that opened the epoch, vcpu = that fault's vCPU */
 
 enum access { A_NONE = 0, A_READ = 1, A_WRITE = 2, A_EXEC = 3 };
 
@@ -119,6 +134,9 @@ enum { MT_NORMAL = 0, MT_DEVICE = 1, MT_ROM = 2 };
 #define FAULT_FNV       2       /* FAR_EL2 not valid */
 #define FAULT_SPURIOUS  4       /* already mapped when we looked (another vCPU won) */
 #define FAULT_WRITE     8       /* ESR WnR */
+#define FAULT_DEFERRED  16      /* a write with the vCPU's caches off under PF_TRACK_WRITES:
+                                   the page was copied and the lines this write epoch changes
+                                   come in a K_S2_WRITTEN record when the epoch ends */
 /* K_DIAG flags */
 #define DIAG_FATAL      1
 
@@ -146,7 +164,7 @@ enum stat {
     ST_TRAPS, ST_DABT, ST_IABT, ST_MAP_NORMAL, ST_MAP_DEVICE, ST_EXEC_GRANT, ST_DC_BYTES,
     ST_IC_OPS, ST_FLUSH_VM, ST_SYSREG, ST_SET_WAY, ST_SMC, ST_HVC, ST_SPURIOUS, ST_TABLES,
     ST_VCPUS, ST_GUEST_CMO, ST_MAP_ROM, ST_ROM_WRITES, ST_FWCFG, ST_HOST_DMA, ST_HOST_DMA_BYTES,
-    ST_COUNT,
+    ST_WRITE_GRANT, ST_WRPROTECT, ST_SNAPSHOTS, ST_SNAPSHOT_FULL, ST_ACCESS, ST_COUNT,
 };
 
 struct ring_header {            /* at symbol shim_ring (page-aligned), 4 KiB */
@@ -187,7 +205,12 @@ struct ring_header {            /* at symbol shim_ring (page-aligned), 4 KiB */
     struct record diag;         /* 0x200 the last diagnostic, kept even when the ring is full */
     u64 mpidr[MAX_VCPUS];       /* 0x240 MPIDR of each vCPU slot (0: never started) */
     u64 mmio[64][2];            /* 0x2c0 MMIO windows from the DTB: base, size */
-    u8 pad1[4096 - 0x2c0 - 64 * 16];
+    u64 ctr_el0;                /* 0x6c0 the CPU's cache geometry and identity */
+    u64 clidr_el1;              /* 0x6c8 */
+    u64 midr_el1;               /* 0x6d0 */
+    u64 rom_count;              /* 0x6d8 entries in rom[] */
+    u64 rom[8][2];              /* 0x6e0 cfi-flash windows (Normal, read-only at stage 2) */
+    u8 pad1[4096 - 0x760];
 };
 
 /* ---- vCPU ----------------------------------------------------------------------------- */
@@ -207,6 +230,7 @@ struct vcpu {
     bool policy_tvm_recorded;   /* policy_tvm as the last K_TVM record said */
     bool need_flush;            /* xen: flush the VM before returning to the guest */
     bool caches_seen_on;        /* observe == 1: SCTLR_EL1.M&C were on at some trap */
+    bool started;               /* entered the guest before: a PSCI CPU_ON is not a reset */
     /* the set/way run being coalesced */
     u64 sw_op, sw_pc, sw_esr, sw_count, sw_first, sw_last;
     /* the guest cache-maintenance run being coalesced (PF_TRAP_CMO) */
@@ -259,6 +283,9 @@ u64 fdt_totalsize(u64 dtb);
 void s2_init(void);
 void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt);
 void flush_vm(struct vcpu *v, int reason, u64 pc);
+void s2_wrprotect(struct vcpu *v, u64 ipa, u64 size, u64 pc, bool record);
+void s2_hide(struct vcpu *v, bool hide, u64 pc);
+bool track_writes(void);
 void dcache_clean_inval(u64 pa, u64 size);
 void icache_inval(u64 pa, u64 size);
 bool ipa_is_ram(u64 ipa);

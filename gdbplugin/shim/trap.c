@@ -40,13 +40,15 @@ static u8 guest_el(void)
     return (spsr & 0x10) ? 0 : (spsr >> 2) & 3;
 }
 
-/* The EL1 registers HCR_EL2.TVM traps, by (op1, CRn, CRm, op2) with op0 = 3.  Ids match
- * ring.py SYSREGS. */
-static int tvm_write(u64 key, u64 val, u64 *old)
+/* The EL1 registers HCR_EL2.TVM traps, by (op1, CRn, CRm, op2) with op0 = 3 (ids match
+ * ring.py SYSREGS): emulate the write; *now is what the register holds after it (bits the
+ * CPU fixes, e.g. SCTLR_EL1.ATA without tag memory), so that consecutive records chain. */
+static int tvm_write(u64 key, u64 val, u64 *old, u64 *now)
 {
 #define TVM(id, o1, n, m, o2, name) \
     case ((o1) << 12 | (n) << 8 | (m) << 4 | (o2)): \
-        *old = read_sysreg(name); write_sysreg(name, val); return id;
+        *old = read_sysreg(name); write_sysreg(name, val); *now = read_sysreg(name); \
+        return id;
     switch (key) {
     TVM(1, 0, 1, 0, 0, sctlr_el1)
     TVM(2, 0, 2, 0, 0, ttbr0_el1)
@@ -130,8 +132,13 @@ static void handle_guest_cmo(struct vcpu *v, struct frame *f, u64 esr, u64 op, u
     u64 va = xreg(f, rt) & ~(line - 1);
     u64 ipa = guest_ipa(va, el);
     bool ok = ipa != ~0UL && (ipa_is_ram(ipa) || mmio_find(ipa) >= 0);
-    if (ok && ipa_is_ram(ipa))
+    if (ok && ipa_is_ram(ipa)) {
         do_cmo(op, ipa);
+        /* a clean to PoC ends the page's write epoch: its next write is observed again */
+        if (track_writes() && !(cfg.flags & PF_BLOCKS) &&
+            (op == G_DC_IVAC || op == G_DC_CVAC || op == G_DC_CIVAC || op == G_DC_CVAP))
+            s2_wrprotect(v, ipa & ~(PAGE_SIZE - 1), PAGE_SIZE, pc, false);
+    }
     if (v->cmo_bytes && v->cmo_op == op && v->cmo_pc == pc && v->cmo_next == va &&
         (va & 0xfff) && v->cmo_flags == (ok ? 0 : CMO_NO_IPA)) {
         v->cmo_bytes += line;
@@ -189,16 +196,27 @@ static void handle_sys(struct vcpu *v, struct frame *f, u64 esr)
     if (op0 == 3 && !read) {
         u64 old;
         u64 key = op1 << 12 | crn << 8 | crm << 4 | op2;
-        int id = tvm_write(key, val, &old);
+        u64 written;
+        int id = tvm_write(key, val, &old, &written);
+        val = written;
         if (id) {
             stat_add(ST_SYSREG, 1);
+            /* the vCPU's writes change cacheability: the write epoch ends before the write
+             * is recorded (what was written so far is recorded first) and a new one starts */
+            if (id == 1 && track_writes() && ((old ^ val) & (SCTLR_M | SCTLR_C)))
+                s2_wrprotect(v, 0, ~0UL, pc, true);
             u64 enc = op0 << 14 | op1 << 11 | crn << 7 | crm << 3 | op2;
             emit(K_SYSREG, v, guest_el(), A_WRITE, (u8)id, 0, pc, esr, old, val, 8, enc);
             u64 sctlr = read_sysreg(sctlr_el1);
             if (id == 1) {
                 policy_on_sysreg(v, old, val, pc);
-                if ((val & (SCTLR_M | SCTLR_C)) == (SCTLR_M | SCTLR_C))
+                bool was_on = (old & (SCTLR_M | SCTLR_C)) == (SCTLR_M | SCTLR_C);
+                bool now_on = (val & (SCTLR_M | SCTLR_C)) == (SCTLR_M | SCTLR_C);
+                if (now_on)
                     v->caches_seen_on = true;
+                /* caches off: observe the first access to each page from here on */
+                if ((cfg.flags & PF_TRACK_ACCESS) && was_on != now_on)
+                    s2_hide(v, !now_on, pc);
             } else {
                 policy_on_sysreg(v, sctlr, sctlr, pc);
             }

@@ -204,7 +204,8 @@ def test_icache_not_invalidated(shim, blob):
         ("s2-map", {"ipa": CODE, "perms": "rw"}),
         ("sysreg-write", sctlr_on(M | C | I)),
         ("s2-fault", {"access": "exec", **page(CODE)}),
-        ("s2-perm", {"ipa": CODE, "perms": "rwx"}),
+        # the caches-on write ended the write epoch: the page is read-only again
+        ("s2-perm", {"ipa": CODE, "perms": "rx"}),
         ("ic", {"ipa": CODE, "rule": "kvm.icache-inval-on-exec-fault"}))
     assert not [e for e in between(events, write, on) if e.kind == "guest-cmo"]
 

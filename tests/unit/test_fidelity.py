@@ -269,3 +269,44 @@ def test_covered_by_names_only_policies_that_cover_every_page(tmp_path):
     first, second = found(r, "none", "first-map-uncached")
     assert "rfc2013.clean-first-map-uncached" in first.covered_by
     assert "rfc2013.clean-first-map-uncached" not in second.covered_by
+
+
+def test_deferred_write_evidence_is_line_precise(tmp_path):
+    """The shim copied a page at a write fault taken with the caches off and reported, when
+    the epoch ended, the one line whose content changed; the guest then invalidated exactly
+    that line (Linux: str; dc ivac) before turning its caches on.  Nothing is stale.  Taken
+    as whole-page evidence, the same fault would leave 63 lines 'stale' under Xen."""
+    page = BASE + 0x40_0000
+    fault = {"kind": "s2-fault", "vcpu": 0, "ipa": page + 0x40, "access": "write"}
+    tail = [{"kind": "cmo-va", "vcpu": 0, "op": "ivac", "pa": page + 0x40, "size": 64},
+            sctlr(OFF, MC_ON)]
+    base = [on(), *fault_map(page, "read")]
+    precise = base + [{**fault, "deferred": 1},
+                      {"kind": "guest-access", "vcpu": 0, "pa": page + 0x40, "size": 64,
+                       "access": "write"}] + tail
+    assert not uncovered(run(tmp_path, precise, writes="tracked"), "stage1-enable-stale")
+    coarse = base + [fault] + tail
+    (f,) = found(run(tmp_path, coarse, writes="tracked"), "xen", "stage1-enable-stale")
+    assert f.pa == page
+
+
+def test_caches_off_is_judged_where_the_guest_goes_non_cacheable(tmp_path):
+    """With accesses tracked, a caches-off transition is a hazard only for the pages the
+    vCPU then touches non-cacheably while they still hold dirty lines (EDK2's EFI stub turns
+    the MMU off with all of firmware memory dirty, and Linux touches only its own cleaned
+    image).  Two dirty pages, the vCPU touches one: one finding, at that access's PC."""
+    a, b = BASE + 0x40_0000, BASE + 0x80_0000
+    events = [on(), sctlr(OFF, MC_ON), *fault_map(a, "write"), *fault_map(b, "write"),
+              sctlr(MC_ON, OFF),
+              {"kind": "s2-access", "vcpu": 0, "ipa": b + 8, "access": "read", "pc": 0x99}]
+    r = run(tmp_path, events, accesses="tracked")
+    (f,) = found(r, "none", "caches-off-after-boot")
+    assert (f.pa, f.size, f.pc, f.seq) == (b, PAGE, 0x99, 7)
+    # KVM dropped TVM once the caches were on (kvm_toggle_cache), so the caches-off write is
+    # not trapped and nothing is flushed: the guest's job (seed point 3); only FWB keeps the
+    # access cacheable.
+    assert uncovered(r, "caches-off-after-boot") == {"none", "rfc2013", "kvm", "xen"}
+    # Untracked, the same trace is judged at the transition: both pages.
+    r = run(tmp_path, events[:-1], accesses="untracked")
+    assert [(f.pa, f.seq) for f in found(r, "none", "caches-off-after-boot")] == [(a, 6),
+                                                                                   (b, 6)]

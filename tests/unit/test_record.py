@@ -130,3 +130,16 @@ def test_maintenance_outside_guest_memory_is_dropped():
     out = list(conv.convert([ev(1, "dc", el=2, ipa=0x900_0000, pa=0x900_0000, size=4096,
                                    op="civac", rule="kvm.clean-on-translation-fault")]))
     assert out == []
+
+
+def test_written_lines_become_guest_writes():
+    """A K_S2_WRITTEN mask of lines 0, 1 and 5 is two guest writes: 128 bytes and 64."""
+    conv = ShimTrace([(RAM, 0x100000)], 1, "kvm")
+    page = RAM + 0x3000
+    out = list(conv.convert([
+        ev(1, "s2-fault", access="write", ipa=page + 8, extra={"deferred": True}),
+        ev(2, "s2-written", el=2, access="write", ipa=page, pa=page, size=4096,
+           extra={"lines": 0b100011})]))
+    assert out[0]["deferred"] == 1
+    assert [(e["kind"], e["pa"], e["size"]) for e in out[1:]] == [
+        ("guest-access", page, 128), ("guest-access", page + 320, 64)]
