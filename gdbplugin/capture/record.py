@@ -45,15 +45,16 @@ def header_keys(header, start) -> dict:
 class Recorder:
     """Write a trace from ring events fed in the ring's order.  ``ring_header``: a
     RingHeader (read once the shim is up); ``vcpus``: how many vCPUs the machine has;
-    ``info_roms``: the monitor's ``info roms`` text (QEMU's loads before the guest ran);
-    ``cpu_model``: the ``-cpu`` name, kept in the header."""
+    ``info_roms``, ``info_mtree``: the monitor's ``info roms`` and ``info mtree -f`` (QEMU's
+    loads before the guest ran, and where its memory regions are); ``cpu_model``: the ``-cpu``
+    name, kept in the header."""
 
     def __init__(self, path_or_file, ring_header, vcpus: int, info_roms: str = "",
-                 cpu_model: str | None = None):
+                 cpu_model: str | None = None, info_mtree: str = ""):
         self._target = path_or_file
         self._ring_header = ring_header
         self._vcpus = vcpus
-        self._blobs = loaded_blobs(info_roms)
+        self._blobs = loaded_blobs(info_roms, info_mtree)
         self._cpu_model = cpu_model
         self.writer: TraceWriter | None = None
         self.conv: ShimTrace | None = None
@@ -110,12 +111,13 @@ def record(session, path: str | Path, until: str | None, timeout: float, vcpus: 
     ``path`` as the ring drains.  Returns (why the wait ended: match/exit/halted/timeout,
     the recorder)."""
     roms = session.qemu.monitor("info roms")
+    mtree = session.qemu.monitor("info mtree -f")
     rec = None
 
     def sink(batch):
         nonlocal rec
         if rec is None:
-            rec = Recorder(path, session.header(), vcpus, roms, cpu_model)
+            rec = Recorder(path, session.header(), vcpus, roms, cpu_model, mtree)
         rec.feed(batch)
 
     try:

@@ -23,6 +23,10 @@ PAGE = 1 << PAGE_SHIFT
 from ..target.physmem import page_runs
 
 ROM_LINE = re.compile(r'addr=([0-9a-f]+) size=0x([0-9a-f]+) mem=(?:ram|rom) name="(.*)"')
+# A blob QEMU put straight into a memory region (virt's flash: ``-bios``), placed by the
+# region's address in ``info mtree -f``.
+REGION_ROM_LINE = re.compile(r'^(\S+) size=0x([0-9a-f]+) name="(.*)"', re.M)
+MTREE_LINE = re.compile(r'^\s*([0-9a-f]+)-[0-9a-f]+ \(prio [-0-9]+, [a-z-]+\): (\S+)', re.M)
 # Stage-2 MemAttr the shim installs (KVM's MT_S2_NORMAL and MT_S2_DEVICE_nGnRE; flash is
 # Normal memory, read-only).
 MEMATTR = {"normal": 0xF, "rom": 0xF, "device": 0x1}
@@ -32,9 +36,16 @@ CMO_OPS = {"dc-civac": "civac", "dc-cvac": "cvac", "dc-ivac": "ivac", "dc-cvau":
 IC_OPS = {"ic-ivau": "ivau", "ic-iallu": "iallu", "ic-ialluis": "ialluis"}
 
 
-def loaded_blobs(info_roms: str) -> list[tuple[int, int, str]]:
-    """(addr, size, name) of every blob QEMU loaded into RAM or ROM, from HMP ``info roms``."""
-    return [(int(a, 16), int(s, 16), n) for a, s, n in ROM_LINE.findall(info_roms)]
+def loaded_blobs(info_roms: str, info_mtree: str = "") -> list[tuple[int, int, str]]:
+    """(addr, size, name) of every blob QEMU loaded into RAM or ROM, from HMP ``info roms``;
+    blobs loaded into a memory region (``virt.flash0 size=...``) are placed with the region's
+    address from ``info mtree -f`` (left out when it is not given)."""
+    out = [(int(a, 16), int(s, 16), n) for a, s, n in ROM_LINE.findall(info_roms)]
+    regions = {name: int(a, 16) for a, name in MTREE_LINE.findall(info_mtree)}
+    for region, size, name in REGION_ROM_LINE.findall(info_roms):
+        if region in regions:
+            out.append((regions[region], int(size, 16), name))
+    return sorted(out)
 
 
 class ShimTrace:

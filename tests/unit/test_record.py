@@ -79,7 +79,7 @@ def test_recorder_writes_header_host_writes_and_ordered_events():
     assert lines[1:] == out                       # what feed returned is what the file holds
     kinds = [e["kind"] for e in out]
     # info roms: the kernel, the firmware in flash and the DTB are host writes first.
-    assert [(e["pa"], e["source"]) for e in out[:3]] == [(KERNEL, "load"), (0, "load"),
+    assert [(e["pa"], e["source"]) for e in out[:3]] == [(0, "load"), (KERNEL, "load"),
                                                          (0x4800_0000, "load")]
     # The map is released after the maintenance done for it; the SCTLR write after its flush.
     assert kinds[3:] == ["vcpu-on", "s2-fault", "hyp-maintenance", "hyp-maintenance",
@@ -143,3 +143,16 @@ def test_written_lines_become_guest_writes():
     assert out[0]["deferred"] == 1
     assert [(e["kind"], e["pa"], e["size"]) for e in out[1:]] == [
         ("guest-access", page, 128), ("guest-access", page + 320, 64)]
+
+
+def test_blobs_in_memory_regions_are_placed_by_the_memory_tree():
+    """-bios puts the firmware straight into virt.flash0: `info roms` names the region, `info
+    mtree -f` says where it is."""
+    roms = ('virt.flash0 size=0x200000 name="QEMU_EFI.fd"\n'
+            '/rom@etc/acpi/tables size=0x200000 name="etc/acpi/tables"\n'
+            'addr=0000000040000000 size=0x100000 mem=ram name="dtb"\n')
+    mtree = ('  0000000000000000-0000000003ffffff (prio 0, romd): virt.flash0\n'
+             '  0000000004000000-0000000007ffffff (prio 0, romd): virt.flash1\n')
+    assert loaded_blobs(roms, mtree) == [(0, 0x200000, "QEMU_EFI.fd"),
+                                         (RAM, 0x100000, "dtb")]
+    assert loaded_blobs(roms) == [(RAM, 0x100000, "dtb")]
