@@ -310,3 +310,39 @@ def test_caches_off_is_judged_where_the_guest_goes_non_cacheable(tmp_path):
     r = run(tmp_path, events[:-1], accesses="untracked")
     assert [(f.pa, f.seq) for f in found(r, "none", "caches-off-after-boot")] == [(a, 6),
                                                                                    (b, 6)]
+
+
+# -- 13. code rewritten after it ran ----------------------------------------------------
+
+def test_code_rewritten_after_it_ran_is_checked_at_the_next_fetch(tmp_path):
+    """The guest runs a page with its I-cache on, rewrites one line of it (a JIT, a module
+    loader, self-patching boot code) and runs it again.  The hypervisor's write-xor-execute
+    observer sees the rewrite (its changed lines) and the next fetch: without an IC IVAU or
+    IALLU over the line since the write, the fetch may hit the old instruction -- the guest's
+    job under every policy (KVM invalidates only when a leaf becomes executable).  With the
+    invalidation, nothing."""
+    page = BASE + 0x40_0000
+    run_it = [on(), sctlr(OFF, I_ON), iallu(), *fault_map(page, "exec")]
+    rewrite = [{"kind": "s2-fault", "vcpu": 0, "ipa": page + 0x80, "access": "write",
+                "deferred": 1},
+               {"kind": "guest-access", "vcpu": 0, "pa": page + 0x80, "size": 64,
+                "access": "write"}]
+    fetch = {"kind": "s2-fault", "vcpu": 0, "ipa": page + 0x80, "access": "exec", "pc": 0x77}
+    r = run(tmp_path, run_it + rewrite + [fetch], writes="tracked")
+    assert uncovered(r, "icache-not-invalidated") == set(POLICIES)
+    # Only the fetched line counts: a fetch elsewhere in the page is no evidence.
+    other = {**fetch, "ipa": page + 0x400}
+    assert not uncovered(run(tmp_path, run_it + rewrite + [other], writes="tracked"),
+                         "icache-not-invalidated")
+    (f,) = found(r, "kvm", "icache-not-invalidated")
+    assert (f.pa, f.size, f.pc) == (page, PAGE, 0x77)
+    ivau = {"kind": "ic-inval", "vcpu": 0, "op": "ivau", "pa": page + 0x80, "size": 64}
+    r = run(tmp_path, run_it + rewrite + [ivau, fetch], writes="tracked")
+    assert not uncovered(r, "icache-not-invalidated")
+    # With the I-cache off, fetches do not look in it.
+    r = run(tmp_path, [on(), *fault_map(page, "exec")] + rewrite + [fetch], writes="tracked")
+    assert not uncovered(r, "icache-not-invalidated")
+    # The hypervisor saw the fetched instruction unchanged, or a B <-> NOP rewrite, which the
+    # architecture lets a CPU execute old or new (concurrent modification): no hazard.
+    r = run(tmp_path, run_it + rewrite + [{**fetch, "fetch_ok": 1}], writes="tracked")
+    assert not uncovered(r, "icache-not-invalidated")
