@@ -82,8 +82,7 @@ class ShimTrace:
                 yield _drop_none({"kind": "s2-fault", "vcpu": e.vcpu, "ipa": e.ipa,
                                   "access": e.access or "read", "esr": e.esr, "pc": e.pc,
                                   "el": e.el,
-                                  "deferred": 1 if e.extra.get("deferred") else None,
-                                  "fetch_ok": 1 if e.extra.get("fetch_ok") else None})
+                                  "deferred": 1 if e.extra.get("deferred") else None})
             elif k == "s2-written":
                 yield from self._written(e)
             elif k == "s2-access":
@@ -100,13 +99,10 @@ class ShimTrace:
                     "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL,
                     "vcpu": e.vcpu}, *self._block_write(e)]
             elif k == "s2-perm":
-                # the policy made a leaf executable; a write grant or the observer's
-                # write-xor-execute changes nothing the policy sees (the fault is the event)
-                if e.access == "exec" and not e.extra.get("observer"):
-                    yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
-                           "memattr": MEMATTR.get(e.extra.get("memtype", "normal"),
-                                                  MEMATTR["device"]),
-                           "xn": XN_NONE}
+                yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
+                       "memattr": MEMATTR.get(e.extra.get("memtype", "normal"),
+                                              MEMATTR["device"]),
+                       "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL}
                 yield from self._block_write(e)
             elif k == "host-dma":
                 if self._in_ram(e.pa, e.size):

@@ -47,12 +47,10 @@ KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va",
                                                    "hyp-maintenance", "tlbi")], dtype=np.uint8)
 OBSERVED = "observed"
-# Events a vCPU issues that may settle its pending checks: not the hypervisor's maintenance,
-# and not a guest write, which a hypervisor may report after the fact (the lines a write epoch
-# changed are known when it ends) and which fetches nothing.
+# Events a vCPU issues that may settle its pending checks (hyp-maintenance is the hypervisor's).
 MAINTENANCE = frozenset({"set-way", "cmo-va", "ic-inval"})
 VCPU_KINDS = frozenset(k for k, fields in E.KINDS.items() if any(f.name == "vcpu" for f in fields)
-                       ) - {"hyp-maintenance", "guest-access"}
+                       ) - {"hyp-maintenance"}
 
 
 @dataclass
@@ -839,7 +837,6 @@ class Replay:
         f, pages = state["effects"], state["effect_pages"]
         if f.size:
             x = ev["access"][f] == E.ACCESS.index("exec")
-            self._fetches(ev, f[x], pages[x])
             self._exec_grants(pages[x], ops=int(np.count_nonzero(x)))
             self.guest_writes(ev["vcpu"][f[~x]].astype(np.int64), pages[~x])
 
@@ -848,28 +845,6 @@ class Replay:
         present = int(ev["present"][i])
         return (int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
                 int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None)
-
-    def _fetches(self, ev, faults: np.ndarray, pages: np.ndarray) -> None:
-        """An instruction fault on a page a world already holds executable is a fetch the
-        hypervisor saw (its write-xor-execute observer made the page non-executable when it
-        was written): with the vCPU's I-cache on, the fetched line, if written since the
-        last I-cache invalidation that covers it, may be fetched stale.  Only the faulting
-        line is known to be fetched (the page runs on unobserved after the fault), so only it
-        is checked: a later fetch of another rewritten line of the page is not seen."""
-        if self.dic:
-            return
-        for i, page in zip(faults.tolist(), pages.tolist()):
-            vc = self.vcpus[int(ev["vcpu"][i])]
-            if not SCTLR_EL1.get(vc.sctlr, "I") or ev["new"][i]:       # fetch_ok
-                continue
-            line = self.ram.page_pa(page) | (int(ev["addr"][i]) & 0xFC0)
-            one = np.array([page], dtype=np.int64)
-            fires = {name: one[w.executable[one] & np.array([w.cache.any("code", line, 64)])]
-                     for name, w in self.worlds.items()}
-            pc, el = self._fault_ctx(ev, i)
-            self._emit_pages("icache-not-invalidated", fires,
-                             dict(seq=int(ev["seq"][i]), vcpu=int(ev["vcpu"][i]), pc=pc,
-                                  el=el, sctlr=vc.sctlr))
 
     def _exec_grants(self, pages: np.ndarray, ops: int) -> None:
         """Leaves on ``pages`` become executable at an instruction fault: in the worlds of

@@ -60,12 +60,9 @@ KINDS: dict[str, tuple[Field, ...]] = {
                 _f("xn", "u8", optional=True)),
     # deferred 1: a write whose changed lines come later as guest-access writes (the
     # hypervisor compared the page before and after), so the fault itself is no evidence.
-    # fetch_ok 1: a fetch whose instruction its write epoch left unchanged, or changed
-    # between two concurrent-modification-safe instructions (B, BL, NOP, ...): no hazard.
     "s2-fault": (_f("vcpu", "u32"), _f("ipa", "u64", "addr"), _f("access", ACCESS),
                  _f("esr", "u64", optional=True), _f("pc", "u64", optional=True),
-                 _f("el", "u8", optional=True), _f("deferred", "u8", "op", optional=True),
-                 _f("fetch_ok", "u8", "new", optional=True)),
+                 _f("el", "u8", optional=True), _f("deferred", "u8", "op", optional=True)),
     # The hypervisor saw the vCPU's first access to a page after a vCPU turned its caches
     # off (observation: the page stays mapped for every policy).
     "s2-access": (_f("vcpu", "u32"), _f("ipa", "u64", "addr"), _f("access", ACCESS),

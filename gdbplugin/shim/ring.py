@@ -69,8 +69,7 @@ GUEST_CMO_OPS = {1: "dc-ivac", 2: "dc-cvac", 3: "dc-civac", 4: "dc-cvau", 5: "dc
 STATS = ["traps", "dabt", "iabt", "map_normal", "map_device", "exec_grant", "dc_bytes",
          "ic_ops", "flush_vm", "sysreg", "set_way", "smc", "hvc", "spurious", "tables",
          "vcpus", "guest_cmo", "map_rom", "rom_writes", "fw_cfg", "host_dma", "host_dma_bytes",
-         "write_grant", "wrprotect", "snapshots", "snapshot_full", "accesses", "refetch",
-         "wx_mixed"]
+         "write_grant", "wrprotect", "snapshots", "snapshot_full", "accesses"]
 
 _REC = struct.Struct("<QHBBBBHQQQQQQ")
 assert _REC.size == RECORD_SIZE
@@ -119,13 +118,12 @@ def decode_record(index: int, raw: bytes) -> Event:
         return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      va=None if flags & 2 else va, op="fault",
                      extra={"fsc": op, "s1ptw": bool(flags & 1), "far_valid": not flags & 2,
-                            "deferred": bool(flags & 16), "fetch_ok": bool(flags & 32)})
+                            "deferred": bool(flags & 16)})
     if kind in ("s2-map", "s2-perm"):
         perms = "".join(c for b, c in ((1, "r"), (2, "w"), (4, "x")) if flags & b)
         return Event(**base, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      size=size, op="map" if kind == "s2-map" else "relax",
-                     extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms,
-                            "observer": bool(flags & 8)})
+                     extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms})
     if kind == "dc":
         return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size, op="civac",
                      rule=RULES.get(flags, str(flags)))

@@ -33,11 +33,6 @@ spinlock_t s2_lock;
 #define S2_XN       (2UL << 53)     /* XN[1:0] = 0b10: not executable at EL1 nor EL0 */
 #define S2_SW_SHIM  (1UL << 55)     /* software bit: mapped by the shim */
 #define S2_SW_HIDDEN (1UL << 56)    /* software bit: a valid leaf hidden to observe an access */
-#define S2_SW_XOK   (1UL << 57)     /* software bit: executable for the policy (the observer's
-                                       write-xor-execute may hold XN while the leaf is W) */
-#define S2_SW_MIXED (1UL << 58)     /* software bit: code and data share the page (fetched
-                                       again after a write, then written again): the observer
-                                       leaves it writable and executable from then on */
 #define S2_ATTR(x)  ((u64)(x) << 2)
 #define OA_MASK     0x0000fffffffff000UL
 #define ATTR_NORMAL 0xfUL           /* Outer WB, Inner WB */
@@ -195,21 +190,18 @@ static u8 el_of(u64 spsr)
 
 static u16 perms_of(u64 d)
 {
-    return PERM_R | ((d & S2_AP_RW) == S2_AP_RW ? PERM_W : 0) | (d & S2_SW_XOK ? PERM_X : 0);
+    return PERM_R | ((d & S2_AP_RW) == S2_AP_RW ? PERM_W : 0) | (d & S2_XN ? 0 : PERM_X);
 }
 
 /* The guest executes from a page we mapped non-executable: make it executable. */
 static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, u8 memtype)
 {
-    bool observer = *e & S2_SW_XOK;     /* the policy made it executable long ago */
-    *e = (*e & ~S2_XN) | S2_SW_XOK | (observer ? S2_SW_MIXED : 0);
+    *e &= ~S2_XN;
     tlb_inval_ipa_local(base);
-    stat_add(observer ? ST_REFETCH : ST_EXEC_GRANT, 1);
-    emit(K_S2_PERM, v, el, A_EXEC, memtype, perms_of(*e) | (observer ? PERM_OBSERVER : 0), pc,
-         0, base, *e & OA_MASK, size, 0);
+    stat_add(ST_EXEC_GRANT, 1);
+    emit(K_S2_PERM, v, el, A_EXEC, memtype, perms_of(*e), pc, 0, base, *e & OA_MASK, size, 0);
     emit(K_TLBI, v, 2, A_NONE, 1, 0, pc, 0, base, 0, size, 0);
-    if (!observer)
-        policy_on_exec(v, base, size, pc);
+    policy_on_exec(v, base, size, pc);
 }
 
 bool track_writes(void)
@@ -255,30 +247,6 @@ static int snap_take(struct vcpu *v, u64 page)
     return -1;
 }
 
-/* Concurrent modification and execution (Arm ARM, "Concurrent modification and execution of
- * instructions"): B, BL, BRK, SVC, HVC, SMC, ISB and NOP may be rewritten into one another
- * while another CPU may execute them, which executes either the old or the new one. */
-static bool cmodx_safe(u32 w)
-{
-    return (w & 0x7c000000) == 0x14000000 ||            /* B, BL */
-           (w & 0xffe0001c) == 0xd4000000 ||            /* SVC, HVC, SMC (LL = 1..3) */
-           (w & 0xffe0001f) == 0xd4200000 ||            /* BRK */
-           (w & 0xfffff0ff) == 0xd50330df ||            /* ISB */
-           w == 0xd503201f;                             /* NOP */
-}
-
-/* A fetch of the instruction at `ipa` ends its page's write epoch: is it harmless, i.e. the
- * word is unchanged or both words are concurrent-modification safe?  Caller holds s2_lock. */
-static bool fetch_ok(u64 ipa)
-{
-    int i = snap_find(ALIGN_DOWN(ipa, PAGE_SIZE));
-    if (i < 0)
-        return false;
-    u64 off = ipa & (PAGE_SIZE - 4);
-    u32 then = *(const u32 *)&snap_data[i][off], now = *(const u32 *)ALIGN_DOWN(ipa, 4);
-    return then == now || (cmodx_safe(then) && cmodx_safe(now));
-}
-
 /* The epoch of `page` ends: record which lines changed.  Caller holds s2_lock. */
 static void snap_end(u64 page, u64 pc)
 {
@@ -301,31 +269,14 @@ static void snap_end(u64 page, u64 pc)
 /* The guest writes a RAM leaf the shim write-protected to observe writes (PF_TRACK_WRITES):
  * give it W.  A permission relaxation, as KVM's stage2_attr_walker: no D-side maintenance,
  * a local TLB invalidation (another vCPU takes a spurious fault at worst). */
-/* Write-xor-execute (observation) holds a written page non-executable until its next fetch
- * when the writer's I-cache is on (with it off, fetches do not look in the I-cache and the
- * I/M enable is checked instead), except on a page that has already flipped once: code and
- * data sharing a page would otherwise ping-pong between two faults for ever. */
-static bool wx_observe(u64 *e)
-{
-    if (!(read_sysreg(sctlr_el1) & SCTLR_I))
-        return false;
-    if (*e & S2_SW_MIXED) {
-        stat_add(ST_WX_MIXED, 1);
-        return false;
-    }
-    return true;
-}
-
 static void grant_write(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc)
 {
-    *e |= S2_AP_RW | (wx_observe(e) ? S2_XN : 0);   /* the next fetch is observed */
+    *e |= S2_AP_RW;
     tlb_inval_ipa_local(base);
     stat_add(ST_WRITE_GRANT, 1);
     emit(K_S2_PERM, v, el, A_WRITE, MT_NORMAL, perms_of(*e), pc, 0, base, *e & OA_MASK,
          size, 0);
 }
-
-static void wrprotect_locked(u64 lo, u64 hi, void *w);
 
 void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
 {
@@ -370,22 +321,12 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
         spin_unlock(&s2_lock);
         return;
     }
-    u64 csize;
-    u64 *cur = ram ? leaf_of(page, &csize) : NULL;
-    if (access == A_EXEC && cur && (*cur & S2_AP_RW) == S2_AP_RW && track_writes()) {
-        /* a fetch from a page in a write epoch: write-xor-execute ends the epoch first, so
-         * what was written is recorded before the fetch */
-        if (fetch_ok(ipa))
-            flags |= FAULT_FETCH_OK;
-        wrprotect_locked(ALIGN_DOWN(page, csize), ALIGN_DOWN(page, csize) + csize, NULL);
+    int snap = -1;
+    if (access == A_WRITE && ram && nc_writer && track_writes() && !(cfg.flags & PF_BLOCKS)) {
+        snap = snap_take(v, page);                  /* before the write lands */
+        if (snap >= 0)
+            flags |= FAULT_DEFERRED;
     }
-    /* line-precise evidence for writes the model must see exactly: with the writer's caches
-     * off (stale lines) and to code the policy made executable (what a later fetch needs
-     * invalidated); a page the policy maps executable at once counts as code */
-    bool code = cur ? (*cur & S2_SW_XOK) : !policy_exec_on_demand();
-    if (access == A_WRITE && ram && (nc_writer || code) && track_writes() &&
-        !(cfg.flags & PF_BLOCKS) && snap_take(v, page) >= 0)
-        flags |= FAULT_DEFERRED;                    /* copied before the write lands */
     emit(K_S2_FAULT, v, el, access, fsc, flags, pc, esr, ipa, ipa, 0, fnv ? 0 : far);
 
     bool normal = ram || rom;                           /* Normal at stage 2 */
@@ -430,12 +371,8 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
         /* flash: KVM's read-only memslot (user_mem_abort maps it without write permission;
          * a translation fault of a stage-1 walk reading it is a read: kvm_is_write_fault) */
         bool writable = !rom && !(ram && track_writes() && access != A_WRITE);
-        /* write-xor-execute (observation): a leaf mapped writable waits for a fetch */
-        bool x_now = exec && !(ram && writable && track_writes() &&
-                               (read_sysreg(sctlr_el1) & SCTLR_I));
         u64 d = base | S2_AF | S2_SH_IS | (writable ? S2_AP_RW : S2_AP_RO) | S2_ATTR(attr) |
-                S2_SW_SHIM | (exec ? S2_SW_XOK : 0) | (x_now ? 0 : S2_XN) |
-                (level == 3 ? D_TABLE : D_BLOCK);
+                S2_SW_SHIM | (exec ? 0 : S2_XN) | (level == 3 ? D_TABLE : D_BLOCK);
         *e = d;
         dsb(ishst);
         stat_add(ram ? ST_MAP_NORMAL : rom ? ST_MAP_ROM : ST_MAP_DEVICE, 1);
@@ -478,30 +415,25 @@ out:
  * level-3 pages).  Caller holds s2_lock. */
 static void for_each_leaf(u64 lo, u64 hi, void (*fn)(u64 *, u64, u64, void *), void *ctx)
 {
-    if (hi <= lo)
-        return;
-    u64 last = hi - 1;                  /* the walk visits only the indices [lo, last] spans */
-    for (u64 i = lo >> 30; i < 1024 && i <= last >> 30; i++) {
+    for (u64 i = lo >> 30; i < 1024 && (i << 30) < hi; i++) {
         u64 d1 = root[i];
         if (!(d1 & D_VALID) || (d1 & 3) == D_BLOCK)     /* level-1 blocks: never made by us */
             continue;
         u64 *l2 = (u64 *)(d1 & OA_MASK);
-        u64 j0 = i == lo >> 30 ? (lo >> 21) & 0x1ff : 0;
-        u64 j1 = i == last >> 30 ? (last >> 21) & 0x1ff : 511;
-        for (u64 j = j0; j <= j1; j++) {
+        for (u64 j = 0; j < 512; j++) {
             u64 base2 = (i << 30) | (j << 21);
-            if (!(l2[j] & (D_VALID | S2_SW_HIDDEN)))
+            if (!(l2[j] & (D_VALID | S2_SW_HIDDEN)) || base2 + BLOCK_SIZE <= lo || base2 >= hi)
                 continue;
             if ((l2[j] & 3) != D_TABLE) {               /* a block, maybe hidden */
                 fn(&l2[j], base2, BLOCK_SIZE, ctx);
                 continue;
             }
             u64 *l3 = (u64 *)(l2[j] & OA_MASK);
-            u64 k0 = base2 == ALIGN_DOWN(lo, BLOCK_SIZE) ? (lo >> 12) & 0x1ff : 0;
-            u64 k1 = base2 == ALIGN_DOWN(last, BLOCK_SIZE) ? (last >> 12) & 0x1ff : 511;
-            for (u64 k = k0; k <= k1; k++)
-                if (l3[k] & (D_VALID | S2_SW_HIDDEN))
-                    fn(&l3[k], base2 | (k << 12), PAGE_SIZE, ctx);
+            for (u64 k = 0; k < 512; k++) {
+                u64 base3 = base2 | (k << 12);
+                if ((l3[k] & (D_VALID | S2_SW_HIDDEN)) && base3 + PAGE_SIZE > lo && base3 < hi)
+                    fn(&l3[k], base3, PAGE_SIZE, ctx);
+            }
         }
     }
 }
@@ -548,32 +480,10 @@ static void wrprotect_leaf(u64 *e, u64 base, u64 size, void *ctx)
     struct wrprotect *w = ctx;
     if (!ipa_is_ram(base) || (*e & S2_AP_RW) != S2_AP_RW)
         return;
-    *e = (*e & ~S2_AP_RW) | S2_AP_RO;   /* XN stays: the next fetch is still observed */
+    *e = (*e & ~S2_AP_RW) | S2_AP_RO;
     sweep_add(&w->sw, base, size);
     if (size == PAGE_SIZE)
         snap_end(base, w->pc);
-}
-
-/* Write-protect [lo, hi) with s2_lock held (`w`: the sweep's accumulator, or NULL), TLB
- * maintenance included. */
-static void wrprotect_locked(u64 lo, u64 hi, void *ctx)
-{
-    struct wrprotect local = {{~0UL, 0, 0, 0}, read_sysreg(elr_el2)};
-    struct wrprotect *w = ctx ? ctx : &local;
-    for_each_leaf(lo, hi, wrprotect_leaf, w);
-    if (w->sw.leaves) {
-        dsb(ishst);
-        if (w->sw.leaves == 1) {
-            __asm__ volatile("tlbi ipas2e1is, %0" : : "r"(w->sw.lo >> 12) : "memory");
-            dsb(ish);
-            __asm__ volatile("tlbi vmalle1is" : : : "memory");
-        } else {
-            __asm__ volatile("tlbi vmalls12e1is" : : : "memory");
-        }
-        dsb(ish);
-        isb();
-        stat_add(ST_WRPROTECT, w->sw.leaves);
-    }
 }
 
 /* Write-protect the RAM leaves in [ipa, ipa + size) (observation only, PF_TRACK_WRITES): the
@@ -583,8 +493,21 @@ void s2_wrprotect(struct vcpu *v, u64 ipa, u64 size, u64 pc, bool record)
 {
     struct wrprotect w = {{~0UL, 0, 0, 0}, pc};
     spin_lock(&s2_lock);
-    wrprotect_locked(ipa, ipa + size < ipa ? ~0UL : ipa + size, &w);
+    for_each_leaf(ipa, ipa + size < ipa ? ~0UL : ipa + size, wrprotect_leaf, &w);
     struct sweep sw = w.sw;
+    if (sw.leaves) {
+        dsb(ishst);
+        if (sw.leaves == 1) {
+            __asm__ volatile("tlbi ipas2e1is, %0" : : "r"(sw.lo >> 12) : "memory");
+            dsb(ish);
+            __asm__ volatile("tlbi vmalle1is" : : : "memory");
+        } else {
+            __asm__ volatile("tlbi vmalls12e1is" : : : "memory");
+        }
+        dsb(ish);
+        isb();
+        stat_add(ST_WRPROTECT, sw.leaves);
+    }
     if (record && sw.leaves)
         emit(K_S2_WRPROTECT, v, 2, A_NONE, 0, 0, pc, 0, sw.leaves ? sw.lo : 0, sw.hi,
              sw.bytes, sw.leaves);

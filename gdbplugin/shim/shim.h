@@ -47,10 +47,7 @@ enum policy { POL_NONE = 0, POL_RFC2013 = 1, POL_KVM = 2, POL_XEN = 3, POL_FWB =
                                        restored; all are restored when caches go on again.
                                        Invisible to the policy. */
 #define PF_TRACK_WRITES (1UL << 4)  /* observation: map RAM read-only until the first write of
-                                       an epoch, and keep every leaf writable or executable,
-                                       never both (write-xor-execute: a write to code that ran
-                                       and the next fetch from it are both seen).  A write fault
-                                       grants W (K_S2_PERM); every SCTLR_EL1
+                                       an epoch (a write fault grants W: K_S2_PERM); every SCTLR_EL1
                                        M/C change and VM flush starts a new epoch (all RAM leaves
                                        write-protected: K_S2_WRPROTECT), a guest clean by VA
                                        ends its page's epoch.  Invisible to the policy. */
@@ -131,18 +128,12 @@ enum { MT_NORMAL = 0, MT_DEVICE = 1, MT_ROM = 2 };
 /* K_S2_MAP / K_S2_PERM flags: permissions now in the descriptor */
 #define PERM_R 1
 #define PERM_W 2
-#define PERM_X 4                /* executable for the policy (the observer may hold XN) */
-#define PERM_OBSERVER 8         /* K_S2_PERM: an observer-only change, the policy's view is
-                                   unchanged (write-xor-execute under PF_TRACK_WRITES) */
+#define PERM_X 4
 /* K_S2_FAULT flags */
 #define FAULT_S1PTW     1
 #define FAULT_FNV       2       /* FAR_EL2 not valid */
 #define FAULT_SPURIOUS  4       /* already mapped when we looked (another vCPU won) */
 #define FAULT_WRITE     8       /* ESR WnR */
-#define FAULT_FETCH_OK  32      /* an observed fetch of an instruction its write epoch left
-                                   unchanged, or changed between two instructions the
-                                   architecture lets a CPU execute old or new while they are
-                                   modified (B, BL, BRK, SVC, HVC, SMC, ISB, NOP) */
 #define FAULT_DEFERRED  16      /* a write with the vCPU's caches off under PF_TRACK_WRITES:
                                    the page was copied and the lines this write epoch changes
                                    come in a K_S2_WRITTEN record when the epoch ends */
@@ -173,8 +164,7 @@ enum stat {
     ST_TRAPS, ST_DABT, ST_IABT, ST_MAP_NORMAL, ST_MAP_DEVICE, ST_EXEC_GRANT, ST_DC_BYTES,
     ST_IC_OPS, ST_FLUSH_VM, ST_SYSREG, ST_SET_WAY, ST_SMC, ST_HVC, ST_SPURIOUS, ST_TABLES,
     ST_VCPUS, ST_GUEST_CMO, ST_MAP_ROM, ST_ROM_WRITES, ST_FWCFG, ST_HOST_DMA, ST_HOST_DMA_BYTES,
-    ST_WRITE_GRANT, ST_WRPROTECT, ST_SNAPSHOTS, ST_SNAPSHOT_FULL, ST_ACCESS, ST_REFETCH,
-    ST_WX_MIXED, ST_COUNT,
+    ST_WRITE_GRANT, ST_WRPROTECT, ST_SNAPSHOTS, ST_SNAPSHOT_FULL, ST_ACCESS, ST_COUNT,
 };
 
 struct ring_header {            /* at symbol shim_ring (page-aligned), 4 KiB */

@@ -120,9 +120,6 @@ static void handle_guest_cmo(struct vcpu *v, struct frame *f, u64 esr, u64 op, u
     u8 el = guest_el();
     stat_add(ST_GUEST_CMO, 1);
     if (op == G_IC_IALLU || op == G_IC_IALLUIS) {
-        /* what was written before the invalidation is recorded before it */
-        if (track_writes() && !(cfg.flags & PF_BLOCKS))
-            s2_wrprotect(v, 0, ~0UL, pc, true);
         __asm__ volatile("ic ialluis" : : : "memory");
         dsb(ish);
         isb();
@@ -137,9 +134,9 @@ static void handle_guest_cmo(struct vcpu *v, struct frame *f, u64 esr, u64 op, u
     bool ok = ipa != ~0UL && (ipa_is_ram(ipa) || mmio_find(ipa) >= 0);
     if (ok && ipa_is_ram(ipa)) {
         do_cmo(op, ipa);
-        /* maintenance of a page ends its write epoch: what was written before is recorded
-         * before the operation, and the next write is observed again */
-        if (track_writes() && !(cfg.flags & PF_BLOCKS))
+        /* a clean to PoC ends the page's write epoch: its next write is observed again */
+        if (track_writes() && !(cfg.flags & PF_BLOCKS) &&
+            (op == G_DC_IVAC || op == G_DC_CVAC || op == G_DC_CIVAC || op == G_DC_CVAP))
             s2_wrprotect(v, ipa & ~(PAGE_SIZE - 1), PAGE_SIZE, pc, false);
     }
     if (v->cmo_bytes && v->cmo_op == op && v->cmo_pc == pc && v->cmo_next == va &&

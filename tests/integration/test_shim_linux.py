@@ -108,11 +108,7 @@ def test_ring_is_complete_and_in_order(boot):
     assert sum(e.access == "exec" for e in faults) == h.stats["iabt"]
     assert sum(m.extra["memtype"] == "normal" for m in maps) == h.stats["map_normal"]
     assert sum(m.extra["memtype"] == "device" for m in maps) == h.stats["map_device"]
-    # policy exec grants, write grants, and the observer's re-grants of X to written code
-    assert kinds["s2-perm"] == h.stats["exec_grant"] + h.stats["write_grant"] + \
-        h.stats["refetch"]
-    assert sum(bool(e.extra["observer"]) for e in boot.events if e.kind == "s2-perm") == \
-        h.stats["refetch"]
+    assert kinds["s2-perm"] == h.stats["exec_grant"] + h.stats["write_grant"]
     assert sum(e.access == "write" for e in boot.events if e.kind == "s2-perm") == \
         h.stats["write_grant"] > 0
     assert kinds["sysreg-write"] == h.stats["sysreg"]
@@ -174,7 +170,7 @@ def test_ring_matches_the_stage2_tables(boot):
                     granted.add(page)
         elif e.kind == "s2-perm":
             for page in range(e.ipa, e.ipa + e.size, PAGE):
-                ring[page][1] |= e.access == "exec" and not e.extra["observer"]
+                ring[page][1] |= e.access == "exec"
                 if e.access == "write":
                     granted.add(page)
     assert table.keys() == ring.keys()
@@ -185,8 +181,7 @@ def test_ring_matches_the_stage2_tables(boot):
             assert attrs["memtype"].startswith(normal), (hex(page), attrs)
         else:
             assert attrs["memtype"] == "Device-nGnRE", (hex(page), attrs)
-        # write-xor-execute (observation): code written since it last ran waits for a fetch
-        assert attrs["exec_el1"] == executable or (executable and page in granted), hex(page)
+        assert attrs["exec_el1"] == executable, hex(page)
         if memtype == "normal":
             assert attrs["s2ap"] in ("RW", "RO")
             assert attrs["s2ap"] == "RO" or page in granted, hex(page)
@@ -211,7 +206,7 @@ def test_policy_maintenance(boot):
     if p in ("kvm", "fwb"):
         # an exec leaf gets an I-cache invalidate for exactly that leaf, same vCPU, next record
         execs = [e for e in evs if (e.kind == "s2-map" and "x" in e.extra["perms"])
-                 or (e.kind == "s2-perm" and e.access == "exec" and not e.extra["observer"])]
+                 or (e.kind == "s2-perm" and e.access == "exec")]
         assert execs and len(ic) == len(execs)
         rule = "kvm.icache-inval-on-exec-fault"       # KVM's rule, FWB keeps it
         assert {e.rule for e in ic} == {rule}
