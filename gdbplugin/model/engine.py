@@ -781,7 +781,6 @@ class Replay:
         that fault's IPA lies inside the map: an instruction fetch makes the new leaf
         executable, a write writes the faulting page after the map.  A write or exec fault
         on a page already mapped (a permission fault) takes effect at the fault."""
-        kinds = ev["kind"]
         maps, faults = state["maps"], state["faults"]
         has_vcpu = (ev["present"][maps] & E.OPTIONAL_BIT["vcpu"]) != 0
         before = np.searchsorted(faults, maps) - 1          # latest fault of any vCPU

@@ -16,7 +16,6 @@ writes, the first accesses after a caches-off).  The recorded trace is replayed:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pytest

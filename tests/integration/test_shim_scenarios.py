@@ -1,4 +1,4 @@
-"""The scenario guests of tests/guests/scenarios (one per hazard kind of DESIGN.md section 2,
+"""The scenario guests of tests/guests/scenarios (one per hazard kind of gdbplugin/model/hazards.py,
 each with a clean twin) under the reference shim: the ring must show, in order, what each one
 does -- the faults, maps and maintenance of the policy, the guest's SCTLR_EL1 transitions
 (``observe=2``: TVM stays armed for observation) and the guest's own cache maintenance

@@ -45,7 +45,7 @@ REGIMES = {
         TCR_EL1.build(T1SZ=25, TG1=TG1[12], IPS=2, T0SZ=25), BASE, upper=True), 1, 512),
     "s1-ttbr1-64k-48": (lambda: Regime.from_tcr(
         TCR_EL1.build(T1SZ=16, TG1=TG1[16], IPS=5), BASE, upper=True), 1, 64),
-    # Stage 2 with concatenated initial tables (DESIGN.md section 6: KVM's 0x80243520 shape).
+    # Stage 2 with concatenated initial tables (KVM's nested 0x80243520 shape).
     "s2-4k-32-concat4": (lambda: Regime.from_vtcr(
         VTCR_EL2.build(T0SZ=32, SL0=0, TG0=TG0[12], PS=2, RES1=True), BASE), 2, 2048),
     "s2-4k-40-concat2": (lambda: Regime.from_vtcr(
