@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..model.trace import TraceWriter
-from ..shim.launch import FLAG_TRACK_ACCESS, FLAG_TRACK_WRITES
+from ..shim.abi import PARAM_FLAGS
 from .shim_trace import ShimTrace, loaded_blobs
 
 
@@ -33,9 +33,10 @@ def header_keys(header, start) -> dict:
     """Trace-header keys a ring tells: the policy the shim ran (fwb without FEAT_S2FWB runs
     kvm), the CPU's cache geometry, and whether guest writes and the accesses after a
     caches-off were tracked."""
+    tracked = lambda flag: ("tracked" if header.flags & PARAM_FLAGS.ids[flag]   # noqa: E731
+                            else "untracked")
     keys = {"policy": start.extra.get("policy") or header.policy_effective,
-            "writes": "tracked" if header.flags & FLAG_TRACK_WRITES else "untracked",
-            "accesses": "tracked" if header.flags & FLAG_TRACK_ACCESS else "untracked"}
+            "writes": tracked("track_writes"), "accesses": tracked("track_access")}
     cpu = {k: v for k, v in getattr(header, "cpu", {}).items() if v}
     if cpu:
         keys["cpu"] = cpu

@@ -6,7 +6,7 @@ x0 = DTB.  The payload (a Linux Image, or any raw AArch64 program) goes in with
 ``-device loader,file=...,addr=...,force-raw=on``; QEMU still places ``-initrd`` and the DTB and
 fills /chosen for it.  The policy and the other choices travel in a parameter block at the
 ELF symbol ``shim_params`` (the page below the image), one ``-device loader,data=...`` per
-64-bit word, so nothing is rebuilt to change them.  Layout: ``struct params`` in shim.h.
+64-bit word, so nothing is rebuilt to change them.  Layout: ``PARAMS`` in gdbplugin/shim/abi.py (``struct params`` in shim.h).
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from ..target.qemu import Loader, QemuConfig
+from .abi import KINDS, PARAM_FLAGS, PARAMS, PARAMS_MAGIC, PARAMS_VERSION, POLICIES, RING_FULL
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "shim"
@@ -24,12 +25,6 @@ BUILD_SCRIPT = ROOT / "scripts" / "build-shim"
 UBOOT = Path("/usr/lib/u-boot/qemu_arm64/u-boot.bin")       # Debian's u-boot-qemu
 EDK2 = Path("/usr/share/qemu-efi-aarch64/QEMU_EFI.fd")      # Debian's qemu-efi-aarch64
 
-PARAMS_MAGIC = 0x31504D4948533253          # "S2SHIMP1"
-PARAMS_VERSION = 1
-POLICIES = {"none": 0, "rfc2013": 1, "kvm": 2, "xen": 3, "fwb": 4}
-RING_FULL = {"halt": 0, "wait": 1, "drop": 2}
-FLAG_BLOCKS, FLAG_POWEROFF, FLAG_QUIET, FLAG_TRAP_CMO, FLAG_TRACK_WRITES = 1, 2, 4, 8, 16
-FLAG_TRACK_ACCESS = 32
 PAYLOAD_ADDR = 0x40400000                  # default load address of the payload (RAM + 4 MiB)
 LINK_BASE = 0x40200000
 
@@ -143,12 +138,12 @@ class ShimParams:
         return cls(**{"observe": 0, "trap_cmo": False, "track_writes": False,
                       "track_access": False, **kw})
 
-    def words(self) -> list[int]:
-        from .ring import KIND_IDS
-        if self.policy not in POLICIES:
-            raise ShimError(f"unknown policy {self.policy!r} (one of {', '.join(POLICIES)})")
-        if self.ring_full not in RING_FULL:
-            raise ShimError(f"ring_full must be one of {', '.join(RING_FULL)}")
+    def fields(self) -> dict[str, int]:
+        """``struct params`` (gdbplugin/shim/abi.py PARAMS) as a dict, validated."""
+        if self.policy not in POLICIES.ids:
+            raise ShimError(f"unknown policy {self.policy!r} (one of {', '.join(POLICIES.ids)})")
+        if self.ring_full not in RING_FULL.ids:
+            raise ShimError(f"ring_full must be one of {', '.join(RING_FULL.ids)}")
         n = self.ring_records
         if n < 64 or n > 1 << 24 or n & (n - 1):
             raise ShimError("ring_records must be a power of two in 64..2**24")
@@ -156,25 +151,27 @@ class ShimParams:
             raise ShimError("observe must be 0, 1 or 2")
         mask = 0
         for kind in self.hook_kinds:
-            if kind not in KIND_IDS:
+            if kind not in KINDS.ids:
                 raise ShimError(f"unknown ring kind {kind!r}")
-            mask |= 1 << KIND_IDS[kind]
-        flags = ((FLAG_BLOCKS if self.blocks else 0) |
-                 (FLAG_POWEROFF if self.poweroff_on_fatal else 0) |
-                 (FLAG_QUIET if self.quiet else 0) |
-                 (FLAG_TRAP_CMO if self.trap_cmo else 0) |
-                 (FLAG_TRACK_WRITES if self.track_writes else 0) |
-                 (FLAG_TRACK_ACCESS if self.track_access else 0))
-        return [PARAMS_MAGIC, PARAMS_VERSION, POLICIES[self.policy], self.entry, flags, n,
-                RING_FULL[self.ring_full], self.observe, mask, self.dtb, self.pool_size,
-                self.entry_x0]
+            mask |= 1 << KINDS.ids[kind]
+        chosen = {"blocks": self.blocks, "poweroff": self.poweroff_on_fatal,
+                  "quiet": self.quiet, "trap_cmo": self.trap_cmo,
+                  "track_writes": self.track_writes, "track_access": self.track_access}
+        flags = sum(bit for bit, name in PARAM_FLAGS.items() if chosen[name])
+        return dict(magic=PARAMS_MAGIC, version=PARAMS_VERSION, policy=POLICIES.ids[self.policy],
+                    entry=self.entry, flags=flags, ring_records=n,
+                    ring_full=RING_FULL.ids[self.ring_full], observe=self.observe,
+                    hook_mask=mask, dtb=self.dtb, pool_size=self.pool_size,
+                    entry_x0=self.entry_x0)
 
     def pack(self) -> bytes:
-        return b"".join(w.to_bytes(8, "little") for w in self.words())
+        return PARAMS.build(self.fields())
 
     def loaders(self, params_addr: int) -> list[Loader]:
-        return [Loader(addr=params_addr + 8 * i, data=w)
-                for i, w in enumerate(self.words())]
+        """One ``-device loader,data=`` per 64-bit word of the packed block."""
+        raw = self.pack()
+        return [Loader(addr=params_addr + off, data=int.from_bytes(raw[off:off + 8], "little"))
+                for off in range(0, len(raw), 8)]
 
 
 def shim_config(payload: Path | None, params: ShimParams, *, shim: ShimImage | None = None,

@@ -1,18 +1,17 @@
 """Decoding the shim's event ring from guest RAM (the shared RAM file), live or after the run.
 
-Layouts mirror ``struct ring_header`` / ``struct record`` in gdbplugin/shim/shim.h.  The ring
+The layouts and codes are gdbplugin/shim/abi.py (checked against gdbplugin/shim/shim.h).  The ring
 header sits in the shim's bss (symbol ``shim_ring``) in the carve-out at the top of RAM, which
 the guest never sees; ``RingReader`` finds it by its magic on a page boundary.  Records are 64
 bytes; record i is complete once its ``seq`` is i + 1.  ``poll()`` returns every new complete
-record as an ``Event`` (a plain dataclass whose field names follow DESIGN.md's event vocabulary:
-kind, vcpu, pc, el, ipa, pa, size, access, esr, reg, old, new, op, va, plus ``rule`` and
+record as an ``Event`` (a plain dataclass whose field names follow the event vocabulary of
+gdbplugin/model/events.py: kind, vcpu, pc, el, ipa, pa, size, access, esr, reg, old, new, op, va, plus ``rule`` and
 ``extra`` per kind); with ``consume=True`` it also writes the ring's read index, so a ring in
 ``wait`` mode never fills and one in ``halt`` mode halts only when we fall behind.
 """
 from __future__ import annotations
 
 import mmap
-import struct
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,59 +19,16 @@ from typing import Iterator
 
 import numpy as np
 
-RING_MAGIC = 0x31474E4952433253            # "S2CRING1"
-RING_VERSION = 1
-RECORD_SIZE = 64
-HEADER_SIZE = 4096
-MAX_VCPUS = 16
+from .abi import (ACCESS, CMO_FLAGS, DIAGS, FAULT_FLAGS, FW_CFG_CONTROL, GUEST_CMO_OPS, HEADER_SIZE,
+                  IC_OPS, KINDS, MAX_VCPUS, MEMTYPES, PERMS, POLICIES, RECORD_FORMAT,
+                  RECORD_SIZE, RING_FULL, RING_HEADER, RING_MAGIC, RING_VERSION, RULES,
+                  SET_WAY_OPS, STATS, SYSREGS, offset_of)
 
-KINDS = {1: "shim-start", 2: "vcpu-start", 3: "s2-fault", 4: "s2-map", 5: "s2-perm",
-         6: "s2-unmap", 7: "dc", 8: "ic", 9: "flush-vm", 10: "tlbi", 11: "sysreg-write",
-         12: "set-way", 13: "smc", 14: "hvc", 15: "tvm", 16: "diag", 17: "psci-cpu-on",
-         18: "guest-cmo", 19: "host-dma", 20: "s2-wrprotect", 21: "s2-written",
-         22: "s2-access", 23: "s2-hide"}
-KIND_IDS = {name: k for k, name in KINDS.items()}
-ACCESS = {0: None, 1: "read", 2: "write", 3: "exec"}
-POLICY_NAMES = {0: "none", 1: "rfc2013", 2: "kvm", 3: "xen", 4: "fwb"}
-# enum rule in shim.h: the policy rule a maintenance operation (or TVM change) carried out.
-# Maintenance rules use the ids of gdbplugin/model/policies.py (FWB's exec-fault invalidation
-# is KVM's rule, id 10 only tells the two apart in the ring).
-RULES = {0: None,
-         1: "kvm.clean-on-translation-fault",      # stage2_map_walker_try_leaf
-         2: "kvm.icache-inval-on-exec-fault",      # stage2_map_walker_try_leaf / relax_perms
-         3: "kvm.flush-on-cache-toggle",           # kvm_toggle_cache -> stage2_flush_vm
-         4: "kvm.trap-set-way",                    # kvm_set_way_flush -> stage2_flush_vm
-         5: "xen.flush-on-alloc",                  # alloc_heap_pages -> flush_page_to_ram
-         6: "xen.trap-set-way",                    # p2m_set_way_flush -> p2m_flush_vm
-         7: "xen.flush-on-toggle",                 # p2m_toggle_cache -> p2m_flush_vm
-         8: "rfc2013.clean-first-map-uncached",    # seed point 1 (+ point 4)
-         9: "rfc2013.flush-on-stage1-enable",      # seed point 2
-         10: "kvm.icache-inval-on-exec-fault",     # the same rule, under fwb
-         11: "kvm.tvm-at-reset", 12: "kvm.tvm-off-caches-on", 13: "rfc2013.tvm-at-reset",
-         14: "rfc2013.tvm-off-mmu-on", 15: "xen.tvm-off-caches-on", 16: "observe"}
-SYSREGS = {1: "SCTLR_EL1", 2: "TTBR0_EL1", 3: "TTBR1_EL1", 4: "TCR_EL1", 5: "ESR_EL1",
-           6: "FAR_EL1", 7: "AFSR0_EL1", 8: "AFSR1_EL1", 9: "MAIR_EL1", 10: "AMAIR_EL1",
-           11: "CONTEXTIDR_EL1"}
-DIAGS = {1: "unknown-trap", 2: "outside-ram-and-mmio", 3: "ring-full", 4: "el2-exception",
-         5: "bad-params", 6: "no-dtb", 7: "table-pool-exhausted", 8: "unexpected-fault-status",
-         9: "unexpected-sysreg", 10: "vcpu-range", 11: "memory-layout", 12: "shim-memory",
-         13: "el2-interrupt", 14: "fwb-missing", 15: "not-el2", 16: "cpu",
-         17: "mmio-no-syndrome"}
-SET_WAY_OPS = {1: "isw", 2: "csw", 3: "cisw"}
-# s2-map/s2-perm op; "rom": a cfi-flash window, Normal and read-only at stage 2 (KVM's
-# read-only memslot), writes emulated by the shim
-MEMTYPES = {0: "normal", 1: "device", 2: "rom"}
-# host-dma op: the fw_cfg DMA request's control bits; bit 0 is ERROR as QEMU left it
-FW_CFG_CONTROL = {0x01: "error", 0x02: "read", 0x04: "skip", 0x08: "select", 0x10: "write"}
-GUEST_CMO_OPS = {1: "dc-ivac", 2: "dc-cvac", 3: "dc-civac", 4: "dc-cvau", 5: "dc-cvap",
-                 6: "ic-ivau", 7: "ic-iallu", 8: "ic-ialluis"}
-STATS = ["traps", "dabt", "iabt", "map_normal", "map_device", "exec_grant", "dc_bytes",
-         "ic_ops", "flush_vm", "sysreg", "set_way", "smc", "hvc", "spurious", "tables",
-         "vcpus", "guest_cmo", "map_rom", "rom_writes", "fw_cfg", "host_dma", "host_dma_bytes",
-         "write_grant", "wrprotect", "snapshots", "snapshot_full", "accesses"]
-
-_REC = struct.Struct("<QHBBBBHQQQQQQ")
-assert _REC.size == RECORD_SIZE
+_WRITE_INDEX = offset_of(RING_HEADER, "write_index")
+_READ_INDEX = offset_of(RING_HEADER, "read_index")
+_SHIM_BASE = offset_of(RING_HEADER, "shim_base")
+_CAPACITY = offset_of(RING_HEADER, "capacity")
+_RECORDS = offset_of(RING_HEADER, "records")
 
 
 class RingError(Exception):
@@ -110,17 +66,18 @@ class Event:
 
 
 def decode_record(index: int, raw: bytes) -> Event:
-    (seq, kind_id, vcpu, el, access, op, flags, pc, esr, ipa, pa, size, va) = _REC.unpack(raw)
+    (seq, kind_id, vcpu, el, access, op, flags, pc, esr, ipa, pa, size, va) = RECORD_FORMAT.unpack(raw)
     kind = KINDS.get(kind_id, f"unknown-{kind_id}")
     vcpu_ = None if vcpu == 0xFF else vcpu
     base = dict(seq=index, kind=kind, vcpu=vcpu_, el=el)
     if kind == "s2-fault":
+        f = {name for bit, name in FAULT_FLAGS.items() if flags & bit}
         return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
-                     va=None if flags & 2 else va, op="fault",
-                     extra={"fsc": op, "s1ptw": bool(flags & 1), "far_valid": not flags & 2,
-                            "deferred": bool(flags & 16)})
+                     va=None if "fnv" in f else va, op="fault",
+                     extra={"fsc": op, "s1ptw": "s1ptw" in f, "far_valid": "fnv" not in f,
+                            "deferred": "deferred" in f})
     if kind in ("s2-map", "s2-perm"):
-        perms = "".join(c for b, c in ((1, "r"), (2, "w"), (4, "x")) if flags & b)
+        perms = "".join(c for b, c in PERMS.items() if flags & b)
         return Event(**base, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      size=size, op="map" if kind == "s2-map" else "relax",
                      extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms})
@@ -129,7 +86,7 @@ def decode_record(index: int, raw: bytes) -> Event:
                      rule=RULES.get(flags, str(flags)))
     if kind == "ic":
         return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size,
-                     op={1: "ivau", 2: "ialluis"}.get(op, str(op)),
+                     op=IC_OPS.get(op, str(op)),
                      rule=RULES.get(flags, str(flags)))
     if kind == "flush-vm":
         return Event(**base, pc=pc, ipa=ipa if va else None, size=size, op="civac",
@@ -153,12 +110,13 @@ def decode_record(index: int, raw: bytes) -> Event:
         return Event(**base, pc=pc, esr=esr, ipa=ipa, va=va, op=DIAGS.get(op, str(op)),
                      extra={"fatal": bool(flags & 1), "info": pa})
     if kind == "guest-cmo":
-        whole = op in (7, 8)
+        whole = GUEST_CMO_OPS.get(op) in ("ic-iallu", "ic-ialluis")
+        untranslated = bool(flags & CMO_FLAGS.ids["no-ipa"])
         return Event(**base, pc=pc, esr=esr, op=GUEST_CMO_OPS.get(op, str(op)),
                      va=None if whole else va,
-                     ipa=None if whole or flags & 1 else ipa,
-                     pa=None if whole or flags & 1 else pa, size=None if whole else size,
-                     extra={"translated": not flags & 1} if not whole else {})
+                     ipa=None if whole or untranslated else ipa,
+                     pa=None if whole or untranslated else pa, size=None if whole else size,
+                     extra={"translated": not untranslated} if not whole else {})
     if kind == "host-dma":
         return Event(**base, pc=pc, esr=esr, access="write", ipa=ipa, pa=pa, size=size,
                      op="fw-cfg-dma",
@@ -181,7 +139,7 @@ def decode_record(index: int, raw: bytes) -> Event:
                                            "mpidr": va})
     if kind == "shim-start":
         return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size,
-                     extra={"policy": POLICY_NAMES.get(op), "requested": POLICY_NAMES.get(flags),
+                     extra={"policy": POLICIES.get(op), "requested": POLICIES.get(flags),
                             "ram_base": ipa, "carve_base": pa, "carve_size": size, "dtb": va})
     if kind == "vcpu-start":
         return Event(**base, pc=pc, extra={"slot": op, "x0": va})
@@ -227,32 +185,32 @@ class RingHeader:
 
     @classmethod
     def parse(cls, pa: int, raw: bytes) -> "RingHeader":
-        q = lambda off: int.from_bytes(raw[off:off + 8], "little")       # noqa: E731
-        d = lambda off: int.from_bytes(raw[off:off + 4], "little")       # noqa: E731
-        if q(0) != RING_MAGIC:
+        h = RING_HEADER.parse(raw)
+        if h.magic != RING_MAGIC:
             raise RingError(f"no ring header at {pa:#x}")
-        if d(8) != RING_VERSION or d(12) != RECORD_SIZE:
-            raise RingError(f"ring version {d(8)}, record size {d(12)}: not understood")
-        halted = d(0x3C)
-        diag_raw = raw[0x200:0x240]
-        diag = decode_record(q(0x200) - 1, diag_raw) if q(0x200) else None
-        vcpus = {i: q(0x240 + 8 * i) & ~(1 << 63) for i in range(MAX_VCPUS)
-                 if q(0x240 + 8 * i) >> 63}
-        mmio = [(q(0x2C0 + 16 * i), q(0x2C8 + 16 * i)) for i in range(min(q(0xD8), 64))]
-        return cls(pa=pa, capacity=q(0x10), records=q(0x18), write_index=q(0x20),
-                   read_index=q(0x28), overflow=q(0x30),
-                   full_mode={0: "halt", 1: "wait", 2: "drop"}.get(d(0x38), str(d(0x38))),
-                   halted=DIAGS.get(halted, str(halted)) if halted else None,
-                   shim_base=q(0x40), link_base=q(0x48), carve_base=q(0x50),
-                   carve_size=q(0x58), ram_base=q(0x60), ram_end=q(0x68), pool_base=q(0x70),
-                   pool_size=q(0x78), pool_used=q(0x80), vttbr=q(0x88), vtcr=q(0x90),
-                   hcr=q(0x98), policy=POLICY_NAMES.get(d(0xA0), str(d(0xA0))),
-                   policy_effective=POLICY_NAMES.get(d(0xA4), str(d(0xA4))), flags=q(0xA8),
-                   dtb=q(0xB0), entry=q(0xB8), stalls=q(0xC8),
-                   stats={name: q(0x100 + 8 * i) for i, name in enumerate(STATS)},
-                   diag=diag, vcpus=vcpus, mmio=mmio, fw_cfg=(q(0xE0), q(0xE8)),
-                   cpu={"ctr_el0": q(0x6C0), "clidr_el1": q(0x6C8), "midr_el1": q(0x6D0)},
-                   rom=[(q(0x6E0 + 16 * i), q(0x6E8 + 16 * i)) for i in range(min(q(0x6D8), 8))])
+        if h.version != RING_VERSION or h.record_size != RECORD_SIZE:
+            raise RingError(f"ring version {h.version}, record size {h.record_size}: "
+                            "not understood")
+        seq = int.from_bytes(h.diag[:8], "little")
+        return cls(pa=pa, capacity=h.capacity, records=h.records, write_index=h.write_index,
+                   read_index=h.read_index, overflow=h.overflow,
+                   full_mode=RING_FULL.get(h.full_mode, str(h.full_mode)),
+                   halted=DIAGS.get(h.halted, str(h.halted)) if h.halted else None,
+                   shim_base=h.shim_base, link_base=h.link_base, carve_base=h.carve_base,
+                   carve_size=h.carve_size, ram_base=h.ram_base, ram_end=h.ram_end,
+                   pool_base=h.pool_base, pool_size=h.pool_size, pool_used=h.pool_used,
+                   vttbr=h.vttbr, vtcr=h.vtcr, hcr=h.hcr,
+                   policy=POLICIES.get(h.policy, str(h.policy)),
+                   policy_effective=POLICIES.get(h.policy_effective, str(h.policy_effective)),
+                   flags=h.flags, dtb=h.dtb, entry=h.entry, stalls=h.stalls,
+                   stats={name: h.stat[i] for i, name in STATS.items()},
+                   diag=decode_record(seq - 1, h.diag) if seq else None,
+                   vcpus={i: m & ~(1 << 63) for i, m in enumerate(h.mpidr) if m >> 63},
+                   mmio=[tuple(w) for w in h.mmio[:min(h.mmio_count, len(h.mmio))]],
+                   fw_cfg=tuple(h.fw_cfg),
+                   cpu={"ctr_el0": h.ctr_el0, "clidr_el1": h.clidr_el1,
+                        "midr_el1": h.midr_el1},
+                   rom=[tuple(w) for w in h.rom[:min(h.rom_count, len(h.rom))]])
 
 
 class RingReader:
@@ -284,7 +242,7 @@ class RingReader:
         pages = words[::HEADER_SIZE // 8]
         for idx in np.flatnonzero(pages == RING_MAGIC)[::-1]:
             off = int(idx) * HEADER_SIZE
-            base = int(words[off // 8 + 8])           # shim_base
+            base = int(words[(off + _SHIM_BASE) // 8])
             if base % (2 << 20) == 0 and self.ram_base <= base <= self.ram_base + off:
                 return self.ram_base + off
         return None
@@ -298,24 +256,31 @@ class RingReader:
     def header(self) -> RingHeader:
         return RingHeader.parse(self.header_pa, self._read(self.header_pa, HEADER_SIZE))
 
+    def _indices(self) -> tuple[int, int, int]:
+        """capacity, PA of record 0, write index: all poll needs (the whole header costs
+        a construct parse)."""
+        hdr = self._read(self.header_pa, _WRITE_INDEX + 8)
+        return (int.from_bytes(hdr[_CAPACITY:_CAPACITY + 8], "little"),
+                int.from_bytes(hdr[_RECORDS:_RECORDS + 8], "little"),
+                int.from_bytes(hdr[_WRITE_INDEX:], "little"))
+
     def poll(self, limit: int | None = None) -> list[Event]:
         """Every new complete record (in order), up to ``limit``."""
-        h = self.header()
+        capacity, records, write = self._indices()
         events = []
-        write = h.write_index
-        if write - self.next > h.capacity:         # only possible if someone else consumed
-            self.lost += write - self.next - h.capacity
-            self.next = write - h.capacity
+        if write - self.next > capacity:           # only possible if someone else consumed
+            self.lost += write - self.next - capacity
+            self.next = write - capacity
         while self.next < write and (limit is None or len(events) < limit):
-            slot = self.next % h.capacity
-            raw = self._read(h.records + slot * RECORD_SIZE, RECORD_SIZE)
+            slot = self.next % capacity
+            raw = self._read(records + slot * RECORD_SIZE, RECORD_SIZE)
             seq = int.from_bytes(raw[:8], "little")
             if seq != self.next + 1:
                 break                              # being written: next poll
             events.append(decode_record(self.next, raw))
             self.next += 1
         if self.consume and events:
-            off = self.header_pa - self.ram_base + 0x28
+            off = self.header_pa - self.ram_base + _READ_INDEX
             self._map[off:off + 8] = self.next.to_bytes(8, "little")
         return events
 

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from gdbplugin.capture.record import FLAG_TRACK_WRITES, RecordError, Recorder
+from gdbplugin.capture.record import RecordError, Recorder
+from gdbplugin.shim.abi import PARAM_FLAGS
 from gdbplugin.capture.shim_trace import ShimTrace, loaded_blobs
 from gdbplugin.model.engine import Replay
 from gdbplugin.model.trace import read_trace
@@ -64,7 +65,7 @@ def boot():
 
 def test_recorder_writes_header_host_writes_and_ordered_events():
     buf = io.StringIO()
-    rec = Recorder(buf, header(flags=FLAG_TRACK_WRITES, cpu={"ctr_el0": 0x8444c004}), 1,
+    rec = Recorder(buf, header(flags=PARAM_FLAGS.ids["track_writes"], cpu={"ctr_el0": 0x8444c004}), 1,
                    ROMS, "cortex-a72")
     out = rec.feed(boot()[:5])
     out += rec.feed(boot()[5:])
