@@ -7,16 +7,20 @@ shim with only the traps KVM sets (``ShimParams.kvm_like``), and under the shim 
 tracked).  The order rotates from round to round so a drift of the machine hits every side.
 The time is from QEMU's launch to the marker on the console.  Prints every round, each
 shimmed variant's median ratio to bare (targets: KVM-like <= 1.15, observing <= 1.25), the
-spread, and for the shim runs the stage-2 fault count and the ring's event count.  Exit
+spread, the median ratio of QEMU's CPU time (user + system, all threads: steadier than wall
+time on a shared machine), and for the shim runs the stage-2 fault count and the ring's
+event count.  Exit
 status 1 when a target is missed.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import statistics
 import sys
 import time
+from pathlib import Path
 
 from ..target.qemu import Qemu, QemuConfig
 from .launch import ROOT, ShimImage, ShimParams, shim_config
@@ -24,6 +28,12 @@ from .ring import RingReader
 
 MARKER = re.compile(r"S2CACHE-BOOT-OK[^\n]*\n")     # the whole line
 TARGETS = {"kvm-like": 1.15, "observing": 1.25}
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a live process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _run(config: QemuConfig, shim: bool, timeout: float) -> tuple[float, dict]:
@@ -37,16 +47,17 @@ def _run(config: QemuConfig, shim: bool, timeout: float) -> tuple[float, dict]:
             except FileNotFoundError:
                 text = ""
             if MARKER.search(text):
+                cpu = _cpu_seconds(q.pid)
                 break
             if q._proc.poll() is not None or elapsed > timeout:
                 raise SystemExit(f"bench-shim: no marker after {elapsed:.1f} s "
                                  f"({'shim' if shim else 'bare'}); console tail:\n{text[-1500:]}")
             time.sleep(0.002)
-        info = {}
+        info = {"cpu": cpu}
         if shim:
             with RingReader(q.ram_path, base) as ring:
                 h = ring.header()
-                info = {"faults": h.stats["dabt"] + h.stats["iabt"],
+                info |= {"faults": h.stats["dabt"] + h.stats["iabt"],
                         "events": h.write_index, "overflow": h.overflow,
                         "halted": h.halted}
         if "EL1" not in text.split("S2CACHE-BOOT-OK", 1)[1].splitlines()[0] and shim:
@@ -89,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
           f"-cpu {args.cpu}")
     names = list(configs)
     times = {n: [] for n in names}
-    infos = {n: [] for n in names if n != "bare"}
+    infos = {n: [] for n in names}
     for i in range(args.pairs):
         order = names[i % 3:] + names[:i % 3]
         got = {n: _run(configs[n], n != "bare", args.timeout) for n in order}
@@ -97,22 +108,24 @@ def main(argv: list[str] | None = None) -> int:
         for n in names:
             t, info = got[n]
             times[n].append(t)
-            line.append(f"{n} {t:6.3f} s")
+            infos[n].append(info)
+            line.append(f"{n} {t:6.3f} s (cpu {info['cpu']:5.2f} s)")
             if n != "bare":
-                infos[n].append(info)
                 line.append(f"(x{t / got['bare'][0]:5.3f}, faults {info['faults']}, events "
                             f"{info['events']}{', OVERFLOW %d' % info['overflow'] if info['overflow'] else ''})")
         print("  ".join(line) + f"  [first: {order[0]}]")
     missed = False
-    for n in infos:
+    for n in names[1:]:
         ratios = [a / b for a, b in zip(times[n], times["bare"])]
+        cpu = statistics.median(a["cpu"] / b["cpu"] for a, b in zip(infos[n], infos["bare"]))
         med = statistics.median(ratios)
         ok = med <= TARGETS[n]
         missed |= not ok
         sd = statistics.stdev(ratios) if len(ratios) > 1 else 0.0
         print(f"{n}: median ratio {med:.3f} (target <= {TARGETS[n]}: "
               f"{'met' if ok else 'MISSED'})  spread {min(ratios):.3f}..{max(ratios):.3f} "
-              f"(sd {sd:.3f})  median {statistics.median(times[n]):.3f} s  stage-2 faults "
+              f"(sd {sd:.3f})  QEMU CPU-time ratio {cpu:.3f}  median "
+              f"{statistics.median(times[n]):.3f} s  stage-2 faults "
               f"{statistics.median(x['faults'] for x in infos[n]):.0f}  ring events "
               f"{statistics.median(x['events'] for x in infos[n]):.0f}")
     print(f"bare: median {statistics.median(times['bare']):.3f} s")
