@@ -30,7 +30,8 @@ from ..arch.memtype import NORMAL_WB, effective
 from ..arch.sysregs import HCR_EL2, SCTLR_EL1
 from . import events as E
 from .cache import CLEARS, PAGE_SHIFT, RamMap, ShadowCache, line_masks
-from .hazards import INFO_KINDS, KINDS as HAZARD_KINDS, Finding
+from .hazards import BY_TRIGGER, DETECTORS, INFO_KINDS, Detector, Finding, SmpMmuOffWindow, \
+    UnobservedTransition
 from .policies import (CLEAN, CLEAN_INVAL, ICACHE_INVAL, INVAL, POLICIES, SCOPE_ALL,
                        SCOPE_PAGES, SCOPE_RANGE, SCOPE_VM, Action, Policy)
 
@@ -47,8 +48,6 @@ KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va",
                                                    "hyp-maintenance", "tlbi")], dtype=np.uint8)
 OBSERVED = "observed"
-# Events a vCPU issues that may settle its pending checks (hyp-maintenance is the hypervisor's).
-MAINTENANCE = frozenset({"set-way", "cmo-va", "ic-inval"})
 VCPU_KINDS = frozenset(k for k, fields in E.KINDS.items() if any(f.name == "vcpu" for f in fields)
                        ) - {"hyp-maintenance"}
 
@@ -176,7 +175,7 @@ class Replay:
         self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
-        self._open_first_map: dict[str, tuple] = {}   # world -> (finding, its run's outcome)
+        self._open_first_map: dict[tuple, tuple] = {}   # (kind, world) -> (finding, outcome)
 
     # -- driving ------------------------------------------------------------------------
     def run(self, trace) -> Result:
@@ -212,23 +211,36 @@ class Replay:
 
     def settle(self, v: int, e=None) -> None:
         """Settle vCPU ``v``'s pending checks at its event ``e`` (None: the end of the trace),
-        before ``e`` takes effect.  The I-cache check of an I/M 0->1 write: an IC IALLU(IS)
-        right after the write discards stale lines before anything new is fetched, so it
-        covers the enable; anything else and it is checked now.  The caches-off check waits
-        through the vCPU's maintenance (set/way, DC, IC) and is checked at its next other
-        event."""
+        before ``e`` takes effect: each detector says which events it waits through and which
+        make it unnecessary (gdbplugin/model/hazards.py)."""
         vc = self.vcpus[v]
         if not vc.pending:
             return
         kind = E.KIND_NAMES[e["kind"]] if e is not None else None
-        ctx = vc.pending.pop("icache-not-invalidated", None)
-        if ctx is not None and not (kind == "ic-inval" and E.IC_OPS[e["op"]] != "ivau"):
-            self.check_icache(ctx, vc)
-        if kind in MAINTENANCE:
-            return
-        ctx = vc.pending.pop("caches-off-after-boot", None)
-        if ctx is not None:
-            self.check_mapped("caches-off-after-boot", "dirty", ctx, vc)
+        op = E.IC_OPS[e["op"]] if kind == "ic-inval" else None
+        for name in list(vc.pending):
+            det = DETECTORS[name]
+            if det.waits_through(kind):
+                continue
+            ctx = vc.pending.pop(name)
+            if not det.discharged_by(kind, op):
+                self.judge(det, ctx, np.flatnonzero(self.mapped))
+
+    def trigger(self, trigger: str, ctx: dict, vc: Vcpu) -> None:
+        """A trigger over the mapped pages: each detector on it judges now, or at the vCPU's
+        next event (``settles``)."""
+        for det in BY_TRIGGER.get(trigger, ()):
+            if not det.armed(self, vc, trigger):
+                continue
+            if det.settles:
+                vc.pending[det.kind] = ctx
+            else:
+                self.judge(det, ctx, np.flatnonzero(self.mapped))
+
+    def judge(self, det: Detector, ctx: dict, pages: np.ndarray) -> None:
+        """One detector over candidate pages, in every world; findings per run of pages."""
+        self._emit_pages(det.kind, {name: pages[det.fires(self, w, ctx, pages)]
+                                    for name, w in self.worlds.items()}, ctx)
 
     def _vcpu_of(self, e) -> int | None:
         """The vCPU that issued event ``e``, if any."""
@@ -373,7 +385,7 @@ class Replay:
         for w in self.worlds.values():
             for v in np.unique(vcpus).tolist():
                 mine = pages[vcpus == v]
-                ok = self._cacheable_pages(w, self.vcpus[v], mine)
+                ok = self.cacheable(w, np.full(mine.size, v), self.memattr[mine])
                 w.cache.set_pages(["dirty", "code"], mine[ok])
                 w.cache.set_pages(["stale", "code"], mine[~ok])
 
@@ -436,11 +448,11 @@ class Replay:
                     self.apply(w, a)
         vc.sctlr = new
         if now_on and not was_on:
-            self.check_mapped("stage1-enable-stale", "stale", ctx, vc)
-        if vc.caches_ever_on and was_on and not now_on and not self.accesses_tracked:
-            vc.pending["caches-off-after-boot"] = ctx
+            self.trigger("caches-on", ctx, vc)
+        if was_on and not now_on:
+            self.trigger("caches-off", ctx, vc)
         if (not bit(old, "I") and bit(new, "I")) or (not bit(old, "M") and mmu_now):
-            vc.pending["icache-not-invalidated"] = ctx
+            self.trigger("fetch-enable", ctx, vc)
         vc.caches_ever_on |= now_on
         if mmu_now and not self.any_mmu_enabled:
             self.any_mmu_enabled = True
@@ -454,25 +466,25 @@ class Replay:
         vc = self.vcpus[v]
         ipa_page = int(e["addr"]) >> PAGE_SHIFT
         idx = self.ram.page_index(self.pa_of_ipa.get(ipa_page, ipa_page) << PAGE_SHIFT)
-        if idx < 0 or not vc.caches_ever_on:
+        if idx < 0:
             return
         pages = np.array([idx], dtype=np.int64)
-        fires = {name: pages[~self._cacheable_pages(w, vc, pages)
-                             & w.cache.pages_with("dirty", pages)]
-                 for name, w in self.worlds.items()}
         ctx = dict(seq=seq, vcpu=v, pc=int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"]
                    else None, el=int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"]
                    else None, sctlr=vc.sctlr)
-        before = {name: len(w.findings) for name, w in self.worlds.items()}
-        self._emit_pages("caches-off-after-boot", fires, ctx)
-        for name, w in self.worlds.items():
-            if len(w.findings) == before[name] + 1 and before[name]:
-                last, new = w.findings[-2], w.findings[-1]
-                if (last.kind, last.vcpu, last.covered_by, last.observed) == \
-                        (new.kind, new.vcpu, new.covered_by, new.observed) \
-                        and last.pa + last.size == new.pa:
-                    last.size += new.size
-                    w.findings.pop()
+        for det in BY_TRIGGER.get("nc-access", ()):
+            if not det.armed(self, vc, "nc-access"):
+                continue
+            before = {name: len(w.findings) for name, w in self.worlds.items()}
+            self.judge(det, ctx, pages)
+            for name, w in self.worlds.items():
+                if len(w.findings) == before[name] + 1 and before[name]:
+                    last, new = w.findings[-2], w.findings[-1]
+                    if (last.kind, last.vcpu, last.covered_by, last.observed) == \
+                            (new.kind, new.vcpu, new.covered_by, new.observed) \
+                            and last.pa + last.size == new.pa:
+                        last.size += new.size
+                        w.findings.pop()
 
     def unobserved_transition(self, ctx: dict, tracked: int, old: int) -> None:
         """The write says SCTLR_EL1 was ``old``; the model last saw ``tracked``: an M, C or I
@@ -480,19 +492,22 @@ class Replay:
         names = ("M", "C", "I")
         diff = ", ".join(f"{n} {SCTLR_EL1.get(tracked, n)}->{SCTLR_EL1.get(old, n)}"
                          for n in names if SCTLR_EL1.get(tracked, n) != SCTLR_EL1.get(old, n))
-        text = (f"SCTLR_EL1 of vCPU {ctx['vcpu']} changed without a recorded write ({diff}; "
-                f"tracked {tracked:#x}, the write's old value {old:#x}): adopted from here")
+        text = UnobservedTransition.message(ctx["vcpu"], diff, tracked, old)
         for w in self.worlds.values():
-            w.findings.append(Finding("unobserved-transition", ctx["seq"], ctx["vcpu"],
+            w.findings.append(Finding(UnobservedTransition.kind, ctx["seq"], ctx["vcpu"],
                                       ctx["pc"], ctx["el"], old, message=text))
 
-    def _cacheable_pages(self, w: World, vc: Vcpu, pages: np.ndarray) -> np.ndarray:
-        """Per page: the vCPU's data accesses to it are cacheable in world ``w``."""
-        attrs = self.memattr[pages]
-        table = np.zeros(256, dtype=bool)
-        for m in np.unique(attrs).tolist():
-            table[m] = w.cacheable(vc, m)
-        return table[attrs]
+    def cacheable(self, w: World, vcpus: np.ndarray, memattr: np.ndarray) -> np.ndarray:
+        """Per page: are the data accesses of vCPU ``vcpus[i]`` to a page of stage-2 MemAttr
+        ``memattr[i]`` cacheable in world ``w``?"""
+        out = np.zeros(memattr.size, dtype=bool)
+        for v in np.unique(vcpus).tolist():
+            sel = vcpus == v
+            table = np.zeros(256, dtype=bool)
+            for m in np.unique(memattr[sel]).tolist():
+                table[m] = w.cacheable(self.vcpus[v], m)
+            out[sel] = table[memattr[sel]]
+        return out
 
     def set_way(self, seq: int, e) -> None:
         """One finding per sweep (consecutive set/way operations of a vCPU), counting them."""
@@ -510,11 +525,12 @@ class Replay:
             return
         pc = int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None
         el = int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None
-        fires = {name: w.policy.traps_set_way() is None for name, w in self.worlds.items()}
+        det = DETECTORS["set-way-op"]
+        fires = {name: bool(det.fires(self, w, None, None)) for name, w in self.worlds.items()}
         made = []
         for name, w in self.worlds.items():
             if fires[name]:
-                f = Finding("set-way-op", seq, v, pc, el, self.vcpus[v].sctlr,
+                f = Finding(det.kind, seq, v, pc, el, self.vcpus[v].sctlr,
                             message=f"{op} by set/way: 1 operation in this sweep")
                 f.covered_by, f.observed = self._coverage(
                     name, fires, lambda other: [self.worlds[other].policy.traps_set_way()],
@@ -523,44 +539,13 @@ class Replay:
                 made.append(f)
         self.set_way_open[v] = [1, made]
 
-    # -- hazards --------------------------------------------------------------------------
-    def check_mapped(self, kind, state, ctx, vc):
-        """Hazard over every mapped RAM page with ``state`` lines, world by world; in a world
-        where the vCPU's accesses stay cacheable the non-cacheable kinds cannot happen."""
-        mapped = np.flatnonzero(self.mapped)
-        fires = {}
-        for name, w in self.worlds.items():
-            hit = mapped[w.cache.pages_with(state, mapped)]
-            if kind == "caches-off-after-boot" and hit.size:
-                hit = hit[~self._cacheable_pages(w, vc, hit)]
-            fires[name] = hit
-        self._emit_pages(kind, fires, ctx)
-
-    def check_icache(self, ctx, vc):
-        """icache-not-invalidated: code written since the last I-cache invalidation that
-        covers it, on pages the vCPU can fetch from in each world (a page not yet executable
-        under an exec-on-demand policy gets its invalidation when it becomes executable).
-        With CTR_EL0.DIC the I-cache is coherent with the D-side: nothing to find."""
-        if self.dic:
-            return
-        fires = {}
-        for name, w in self.worlds.items():
-            pages = np.flatnonzero(self.mapped & w.executable)
-            fires[name] = pages[w.cache.pages_with("code", pages)]
-        self._emit_pages("icache-not-invalidated", fires, ctx)
-
+    # -- findings -------------------------------------------------------------------------
     def check_mismatched_alias(self, seq, pa, size):
-        fires = {}
         pages = np.array([p for fp, _, lp, _ in self.ram.clip(pa, size)
                           for p in range(fp, lp + 1)], dtype=np.int64)
         pages = pages[self.mapped[pages]] if pages.size else pages
-        for name, w in self.worlds.items():
-            nc = np.zeros(pages.size, dtype=bool)
-            for vc in self.vcpus:
-                if vc.online:
-                    nc |= ~self._cacheable_pages(w, vc, pages)
-            fires[name] = pages[nc & w.cache.pages_with("dirty", pages)]
-        self._emit_pages("mismatched-alias", fires, dict(seq=seq, vcpu=None))
+        for det in BY_TRIGGER.get("host-write", ()):
+            self.judge(det, dict(seq=seq, vcpu=None), pages)
 
     def _rules_for(self, w: World, kind: str, pages: np.ndarray) -> list[str]:
         """The rules of ``w`` that would account for a finding on ``pages`` not firing: the
@@ -583,7 +568,7 @@ class Replay:
                 f = Finding(kind, ctx["seq"], ctx.get("vcpu"), ctx.get("pc"), ctx.get("el"),
                             ctx.get("sctlr"), ipa=self._ipa(int(run[0])),
                             pa=self.ram.page_pa(int(run[0])), size=len(run) * PAGE,
-                            message=HAZARD_KINDS[kind][2])
+                            message=DETECTORS[kind].meaning)
                 f.covered_by, f.observed = self._coverage(
                     name, fires, lambda other, run=run: self._rules_for(
                         self.worlds[other], kind, run), run)
@@ -655,8 +640,10 @@ class Replay:
             mine = ev["vcpu"] == v
             mine &= (ev["kind"] != KIND["hyp-maintenance"]) & (
                 (ev["kind"] != KIND["s2-map"]) | ((ev["present"] & E.OPTIONAL_BIT["vcpu"]) != 0))
-            if "icache-not-invalidated" not in vc.pending:
-                mine &= ev["kind"] != KIND["cmo-va"]
+            waited = [KIND[k] for k in ("s2-fault", "s2-map", "cmo-va", "tlbi")
+                      if all(DETECTORS[p].waits_through(k) for p in vc.pending)]
+            if waited:
+                mine &= ~np.isin(ev["kind"], waited)
             hit = np.flatnonzero(mine)
             if hit.size and (best is None or hit[0] < best[0]):
                 best = (int(hit[0]), v)
@@ -912,28 +899,23 @@ class Replay:
         self.guest_writes(written_vcpu, written_page)
 
     def _map_pages(self, page, memattr, vc_of, first, ipa, seqs, fault_ctx) -> None:
-        fires = {}
-        for name, w in self.worlds.items():
-            ok = np.zeros(page.size, dtype=bool)
+        for w in self.worlds.values():
+            if w.observed:
+                continue
             for v in np.unique(vc_of).tolist():
-                vc = self.vcpus[v]
-                sel = vc_of == v
-                table = np.zeros(256, dtype=bool)
-                for m in np.unique(memattr[sel]).tolist():
-                    table[m] = w.cacheable(vc, m)
-                ok[sel] = table[memattr[sel]]
-                if not w.observed:
-                    for a in w.policy.on_map(vc.caches_on):
-                        self.apply(w, a, page[sel], ops=0)   # counted per event in _maps
-            fires[name] = first & ~ok & w.cache.pages_with("dirty", page)
-        if any(f.any() for f in fires.values()):
-            self._emit_first_maps(fires, page, vc_of, ipa, seqs, fault_ctx)
+                for a in w.policy.on_map(self.vcpus[v].caches_on):
+                    self.apply(w, a, page[vc_of == v], ops=0)   # counted per event in _maps
+        ctx = {"first": first, "vcpus": vc_of, "memattr": memattr}
+        for det in BY_TRIGGER.get("first-map", ()):
+            fires = {name: det.fires(self, w, ctx, page) for name, w in self.worlds.items()}
+            if any(f.any() for f in fires.values()):
+                self._emit_first_maps(det.kind, fires, page, vc_of, ipa, seqs, fault_ctx)
         self.mapped[page] = True
         self.ever_mapped[page] = True
         self.memattr[page] = memattr
 
-    def _emit_first_maps(self, fires, page, vc_of, ipa, seqs, fault_ctx) -> None:
-        """first-map-uncached findings: runs of contiguous pages mapped one after another by
+    def _emit_first_maps(self, kind, fires, page, vc_of, ipa, seqs, fault_ctx) -> None:
+        """Findings at first maps (first-map-uncached): runs of contiguous pages mapped one after another by
         one vCPU with the same outcome in every world.  A run continues the world's previous
         finding when it extends it, so findings do not depend on how events were batched."""
         names = list(self.worlds)
@@ -953,23 +935,23 @@ class Replay:
                 fired = dict(zip(names, sig))
                 covered = {r for other, ow in self.worlds.items() if not fired[other]
                            and other not in (name, "none", OBSERVED)
-                           for r in self._rules_for(ow, "first-map-uncached", run)}
+                           for r in self._rules_for(ow, kind, run)}
                 v = int(vc_of[i0])
                 pa = self.ram.page_pa(int(run[0]))
-                last = self._open_first_map.get(name)
+                last = self._open_first_map.get((kind, name))
                 if last is not None and w.findings and w.findings[-1] is last[0] \
                         and last[1] == (v, sig) and last[0].pa + last[0].size == pa:
                     last[0].size += len(run) * PAGE
                     last[0].covered_by = sorted(set(last[0].covered_by) | covered)
                     continue
                 pc, el = fault_ctx(i0)
-                f = Finding("first-map-uncached", int(seqs[i0]), v, pc, el,
+                f = Finding(kind, int(seqs[i0]), v, pc, el,
                             self.vcpus[v].sctlr, ipa=int(ipa[i0]) << PAGE_SHIFT, pa=pa,
                             size=len(run) * PAGE, covered_by=sorted(covered),
                             observed=(not fired[OBSERVED]) if OBSERVED in fired else None,
-                            message=HAZARD_KINDS["first-map-uncached"][2])
+                            message=DETECTORS[kind].meaning)
                 w.findings.append(f)
-                self._open_first_map[name] = (f, (v, sig))
+                self._open_first_map[(kind, name)] = (f, (v, sig))
 
     # -- end of run -----------------------------------------------------------------------
     def finish(self) -> None:
@@ -978,12 +960,9 @@ class Replay:
         win = self.window
         if win["start_seq"] is None:
             return
-        text = (f"every vCPU had its MMU off from seq {win['start_seq']} to "
-                f"{win['end_seq'] if win['end_seq'] is not None else 'the end'}: "
-                f"{win['first_maps_inside']} pages first mapped inside the window, "
-                f"{win['first_maps_outside']} after it")
+        text = SmpMmuOffWindow.message(win)
         for w in self.worlds.values():
-            w.findings.append(Finding("smp-mmu-off-window", win["start_seq"], None,
+            w.findings.append(Finding(SmpMmuOffWindow.kind, win["start_seq"], None,
                                       message=text))
 
     def stats(self) -> dict:
