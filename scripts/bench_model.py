@@ -89,7 +89,7 @@ def synthetic(seed: int = 1) -> Trace:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     t0 = time.perf_counter()
     trace = synthetic()

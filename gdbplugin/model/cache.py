@@ -74,6 +74,13 @@ class RamMap:
             first = (lo[ok] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
             last = ((hi[ok] - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
             count = last - first + 1
+            if (count == 1).all():         # every range inside one page: no expansion
+                out.append((ok, first - (b >> PAGE_SHIFT) + fp,
+                            ((lo[ok] >> np.uint64(LINE_SHIFT)) & np.uint64(LINES_PER_PAGE - 1))
+                            .astype(np.int64),
+                            (((hi[ok] - np.uint64(1)) >> np.uint64(LINE_SHIFT))
+                             & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)))
+                continue
             idx = np.repeat(ok, count)
             step = np.arange(idx.size) - np.repeat(np.cumsum(count) - count, count)
             page = np.repeat(first, count) + step
@@ -88,6 +95,8 @@ class RamMap:
         if not out:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, empty
+        if len(out) == 1:                  # one RAM range: already in range order
+            return out[0]
         parts = [np.concatenate(x) for x in zip(*out)]
         order = np.argsort(parts[0], kind="stable")
         return tuple(x[order] for x in parts)

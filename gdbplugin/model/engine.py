@@ -48,6 +48,7 @@ KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va",
                                                    "hyp-maintenance", "tlbi")], dtype=np.uint8)
 OBSERVED = "observed"
+NO_EVENT = np.iinfo(np.int64).max          # "no such event in this run" in per-page scratch
 VCPU_KINDS = frozenset(k for k, fields in E.KINDS.items() if any(f.name == "vcpu" for f in fields)
                        ) - {"hyp-maintenance"}
 
@@ -163,6 +164,8 @@ class Replay:
         self.mapped = np.zeros(self.ram.pages, dtype=bool)
         self.ever_mapped = np.zeros(self.ram.pages, dtype=bool)
         self.memattr = np.zeros(self.ram.pages, dtype=np.uint8)
+        self._page_slot = np.full(self.ram.pages, -1, dtype=np.int32)   # scratch for _order
+        self._page_first = np.full(self.ram.pages, NO_EVENT, dtype=np.int64)   # _page_changes
         self.ipa_of_pa: dict[int, int] = {}          # RAM page -> IPA, where not identity
         self.pa_of_ipa: dict[int, int] = {}          # IPA page -> PA, where not identity
         self.transitions: list[dict] = []
@@ -192,21 +195,23 @@ class Replay:
         in_batch &= ~((ev["kind"] == KIND["cmo-va"]) & (ev["op"] == E.DC_VA_OPS.index("zva")))
         in_batch &= ~((ev["kind"] == KIND["hyp-maintenance"])
                       & (ev["op"] == E.HYP_OPS.index("icache-inval")))
-        i, n = 0, len(ev)
+        n = len(ev)
+        # where in_batch changes: the end of the batchable run an index is in, found at once
+        edges = np.flatnonzero(np.diff(in_batch.astype(np.int8), append=np.int8(0)) != 0) + 1
+        i = 0
         while i < n:
             if in_batch[i]:
-                j = i + 1
-                limit = n if self.max_batch is None else min(n, i + self.max_batch)
-                while j < limit and in_batch[j]:
-                    j += 1
+                j = int(edges[np.searchsorted(edges, i, side="right")])
+                if self.max_batch is not None:
+                    j = min(j, i + self.max_batch)
                 self.batch(ev[i:j], trace.extras, i)
                 i = j
             else:
                 self.one(ev[i], trace.extras.get(i, {}))
                 i += 1
         self.finish()
-        kinds, counts = np.unique(ev["kind"], return_counts=True)
-        self.counts = {E.KIND_NAMES[k]: int(c) for k, c in zip(kinds, counts)}
+        counts = np.bincount(ev["kind"]) if len(ev) else np.zeros(0, dtype=np.intp)
+        self.counts = {E.KIND_NAMES[k]: int(counts[k]) for k in np.flatnonzero(counts).tolist()}
         return Result(self.worlds, self.transitions, self.maps, self.unmaps, self.stats())
 
     def settle(self, v: int, e=None) -> None:
@@ -382,12 +387,13 @@ class Replay:
     def guest_writes(self, vcpus: np.ndarray, pages: np.ndarray) -> None:
         """vCPU ``vcpus[i]`` wrote somewhere in RAM page ``pages[i]`` (a write fault's page):
         every line of it may now be dirty (cacheable write) or stale (non-cacheable)."""
+        if not pages.size:
+            return
+        memattr = self.memattr[pages]
         for w in self.worlds.values():
-            for v in np.unique(vcpus).tolist():
-                mine = pages[vcpus == v]
-                ok = self.cacheable(w, np.full(mine.size, v), self.memattr[mine])
-                w.cache.set_pages(["dirty", "code"], mine[ok])
-                w.cache.set_pages(["stale", "code"], mine[~ok])
+            ok = self.cacheable(w, vcpus, memattr)
+            w.cache.set_pages(["dirty", "code"], pages[ok])
+            w.cache.set_pages(["stale", "code"], pages[~ok])
 
     def cmo(self, v: int, op: str, pa: int, size: int) -> None:
         """DC by VA from the guest (cache.CLEARS says what each clears); zva writes zeros."""
@@ -499,15 +505,15 @@ class Replay:
 
     def cacheable(self, w: World, vcpus: np.ndarray, memattr: np.ndarray) -> np.ndarray:
         """Per page: are the data accesses of vCPU ``vcpus[i]`` to a page of stage-2 MemAttr
-        ``memattr[i]`` cacheable in world ``w``?"""
-        out = np.zeros(memattr.size, dtype=bool)
-        for v in np.unique(vcpus).tolist():
-            sel = vcpus == v
-            table = np.zeros(256, dtype=bool)
-            for m in np.unique(memattr[sel]).tolist():
-                table[m] = w.cacheable(self.vcpus[v], m)
-            out[sel] = table[memattr[sel]]
-        return out
+        ``memattr[i]`` cacheable in world ``w``?  One lookup per distinct (vCPU, MemAttr)."""
+        if not memattr.size:
+            return np.zeros(0, dtype=bool)
+        key = vcpus.astype(np.intp) * 256 + memattr
+        present = _small_unique(key)
+        table = np.zeros(int(present[-1]) + 1, dtype=bool)
+        for k in present.tolist():
+            table[k] = w.cacheable(self.vcpus[k >> 8], k & 0xFF)
+        return table[key]
 
     def set_way(self, seq: int, e) -> None:
         """One finding per sweep (consecutive set/way operations of a vCPU), counting them."""
@@ -554,7 +560,7 @@ class Replay:
         if w.policy.type_rule() and kind != "icache-not-invalidated":
             return [w.policy.type_rule()]
         by = w.icache_by if kind == "icache-not-invalidated" else w.cleaned_by
-        idx = np.unique(by[pages]) if pages.size else []
+        idx = _small_unique(by[pages]).tolist()
         out = [ALL_RULES[i] for i in idx if i]
         if kind == "icache-not-invalidated" and pages.size and not w.executable[pages].all():
             out += [a.rule for a in w.policy.on_exec_grant()]
@@ -673,9 +679,10 @@ class Replay:
         effect, f_page = effect[ok], f_page[ok]
         at_fault = self.mapped[f_page]
         if m_page.size and f_page.size:
-            upages, first_at = np.unique(m_page, return_index=True)
-            pos = np.minimum(np.searchsorted(upages, f_page), upages.size - 1)
-            at_fault |= (upages[pos] == f_page) & (m_who[first_at][pos] < effect)
+            first_map = self._page_first            # RAM page -> its first map in the run
+            np.minimum.at(first_map, m_page, m_who)
+            at_fault |= first_map[f_page] < effect
+            first_map[m_page] = NO_EVENT
         effect, f_page = effect[at_fault], f_page[at_fault]
         return {"who": np.concatenate([m_who, effect]), "page": np.concatenate([m_page, f_page]),
                 "maps": maps, "faults": faults, "effects": effect, "effect_pages": f_page}
@@ -715,25 +722,33 @@ class Replay:
         if is_fault.any():
             order = np.argsort(who, kind="stable")
             who, page = who[order], page[order]
-        pages, first_at = np.unique(page, return_index=True)
-        first = who[first_at]
-        _, last_at = np.unique(page[::-1], return_index=True)
-        last = who[::-1][last_at]
+        # first and last change of each page: one stable sort (who is in event order)
+        by_page = np.argsort(page, kind="stable")
+        sorted_pages = page[by_page]
+        starts = np.flatnonzero(np.diff(sorted_pages, prepend=sorted_pages[0] - 1))
+        pages = sorted_pages[starts]
+        first = who[by_page[starts]]
+        last = who[by_page[np.append(starts[1:], sorted_pages.size) - 1]]
         c_idx, c_page, _, _ = self.ram.pieces(ev["pa"][clears], ev["size"][clears])
-        pos = np.searchsorted(pages, c_page)
-        hit = (pos < pages.size) & (pages[np.minimum(pos, pages.size - 1)] == c_page)
+        slot = self._page_slot                  # RAM page -> its index in ``pages``, or -1
+        slot[pages] = np.arange(pages.size, dtype=np.int32)
+        pos = slot[c_page]
+        slot[pages] = -1
+        hit = pos >= 0
         if not hit.any():
             return before, split
         c_who = clears[c_idx[hit]]
         f, la = first[pos[hit]], last[pos[hit]]
         is_before, is_after = c_who < f, c_who > la
         # Between two changes of a page, or before one page's change and after another's.
-        bad = np.union1d(c_who[~(is_before | is_after)],
-                         np.intersect1d(c_who[is_before], c_who[is_after]))
+        after = np.zeros(len(ev), dtype=bool)
+        after[c_who[is_after]] = True
+        ahead = c_who[is_before]
+        bad = np.concatenate([c_who[~(is_before | is_after)], ahead[after[ahead]]])
         if bad.size:
             b = int(bad.min())
             return before, b if split is None else min(b, split)
-        before[c_who[is_before]] = True
+        before[ahead] = True
         return before, split
 
     def _clears(self, ev: np.ndarray) -> None:
@@ -742,7 +757,7 @@ class Replay:
         idx, page, lo, hi = self.ram.pieces(ev["pa"], ev["size"])
         masks = line_masks(lo, hi)
         code = ev["kind"].astype(np.int64) * 256 + ev["op"]
-        for c in np.unique(code).tolist():
+        for c in _small_unique(code).tolist():
             kind = E.KIND_NAMES[c >> 8]
             op = (E.DC_VA_OPS if kind == "cmo-va" else E.HYP_OPS)[c & 0xFF]
             observed_only = kind == "hyp-maintenance"
@@ -783,7 +798,7 @@ class Replay:
         ctx = np.zeros(maps.size, dtype=[("pc", "<u8"), ("has_pc", "?"), ("el", "<i2")])
         ctx["el"] = -1
         ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        for v in np.unique(np.concatenate([vcpu, ev["vcpu"][faults]])).tolist():
+        for v in _small_unique(np.concatenate([vcpu, ev["vcpu"][faults].astype(np.int64)])).tolist():
             mine = faults[ev["vcpu"][faults] == v]
             sel = np.flatnonzero(vcpu == v)
             prev = self.last_fault.get(v)
@@ -886,11 +901,11 @@ class Replay:
             elif not w.policy.exec_on_demand:
                 w.executable[page] = True
         # Maintenance calls: one per map event (a block is cleaned in one call).
-        events_with_ram = np.unique(rep)
+        events_with_ram = rep[np.flatnonzero(np.diff(rep, prepend=-1))]   # rep is sorted
         for w in self.worlds.values():
             if w.observed:
                 continue
-            for v in np.unique(vcpu[events_with_ram]).tolist():
+            for v in _small_unique(vcpu[events_with_ram]).tolist():
                 n = int(np.count_nonzero(vcpu[events_with_ram] == v))
                 w.cost.operations += n * len(w.policy.on_map(self.vcpus[v].caches_on))
         exec_events = answer[events_with_ram] == E.ACCESS.index("exec")
@@ -902,7 +917,7 @@ class Replay:
         for w in self.worlds.values():
             if w.observed:
                 continue
-            for v in np.unique(vc_of).tolist():
+            for v in _small_unique(vc_of).tolist():
                 for a in w.policy.on_map(self.vcpus[v].caches_on):
                     self.apply(w, a, page[vc_of == v], ops=0)   # counted per event in _maps
         ctx = {"first": first, "vcpus": vc_of, "memattr": memattr}
@@ -984,6 +999,14 @@ def _access(ev, faults: np.ndarray) -> np.ndarray:
     access = ev["access"][faults]
     return np.where((access == E.ACCESS.index("write")) & (ev["op"][faults] == 1),
                     E.ACCESS.index("read"), access)
+
+
+def _small_unique(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an array of small non-negative integers (vCPU numbers,
+    MemAttr codes): a bincount, several times faster than np.unique's sort or hash."""
+    if not values.size:
+        return np.zeros(0, dtype=np.intp)
+    return np.flatnonzero(np.bincount(values.astype(np.intp, copy=False)))
 
 
 def _known(row) -> tuple[int | None, int | None]:
