@@ -70,8 +70,8 @@ def _cache_nibble(nibble: int) -> tuple[str, bool]:
 def from_mair(attr: int, sh: str = "NSH") -> MemType:
     """One 8-bit MAIR Attr<n> with the descriptor's shareability."""
     hi, lo = attr >> 4, attr & 0xF
-    if hi == 0:
-        return MemType(device=DEVICE_TYPES[lo >> 2], reserved=lo & 3 != 0)
+    if hi == 0:         # 0b0000dd00; 0b0000dd01 is the same Device type with XS=0 (FEAT_XS)
+        return MemType(device=DEVICE_TYPES[lo >> 2], reserved=lo & 2 != 0)
     if lo == 0:
         # FEAT_XS / FEAT_MTE encodings; anything else is UNPREDICTABLE.
         special = {0x4: ("NC", False), 0xA: ("WT", False), 0xF: ("WB", False)}
@@ -126,14 +126,16 @@ def stage1_type(sctlr: int, hcr: int, descriptor_type: MemType | None, *, instr:
                 ) -> MemType:
     """The stage-1 memory type of an EL1&0 access (Arm ARM D8.2.x "stage 1 disabled").
 
-    MMU off: data is Device-nGnRnE unless HCR_EL2.DC=1 (Normal WB); instruction fetches are
-    Normal, WT when SCTLR_EL1.I=1 else NC.  MMU on: the descriptor's MAIR type, forced to
-    Non-cacheable for data when C=0 and for instructions when I=0.
+    HCR_EL2.DC=1: the PE behaves as if SCTLR_EL1.M were 0 (and HCR_EL2.VM 1), and stage 1
+    gives Normal WB Non-shareable (pseudocode AArch64.S1Enabled, AArch64.S1DisabledOutput).
+    MMU off otherwise: data is Device-nGnRnE; instruction fetches are Normal, WT when
+    SCTLR_EL1.I=1 else NC.  MMU on: the descriptor's MAIR type, forced to Non-cacheable for
+    data when C=0 and for instructions when I=0.
     """
     mmu, cache, icache = (SCTLR_EL1.get(sctlr, f) for f in ("M", "C", "I"))
+    if HCR_EL2.get(hcr, "DC"):
+        return MemType(inner="WB", outer="WB", sh="NSH")
     if not mmu:
-        if HCR_EL2.get(hcr, "DC") and HCR_EL2.get(hcr, "VM"):
-            return MemType(inner="WB", outer="WB", sh="NSH")
         if instr:
             return _normalised(MemType(inner="WT", outer="WT", sh="OSH") if icache
                                else MemType(sh="OSH"))
@@ -158,8 +160,8 @@ def combine(s1: MemType, s2_memattr: int, s2_sh: str, hcr: int, *, instr: bool =
             out = s1 if s1.is_device else MemType(sh=s1.sh)
         elif low3 == 0b110:
             out = MemType(inner="WB", outer="WB", sh=_wider_sh(s1.sh, s2_sh))
-        elif low3 == 0b111:
-            out = s1
+        elif low3 == 0b111:         # stage 1's type; Shareability still combines (D8.6.7.1)
+            out = replace(s1, sh=_wider_sh(s1.sh, s2_sh))
         else:
             out = replace(s1, reserved=True)
     else:
@@ -179,8 +181,12 @@ def combine(s1: MemType, s2_memattr: int, s2_sh: str, hcr: int, *, instr: bool =
 
 def effective(sctlr: int, hcr: int, s1_descriptor_type: MemType | None, s2_memattr: int | None,
               s2_sh: str = "NSH", *, instr: bool = False) -> MemType:
-    """The memory type an EL1 access really gets: stage 1, then stage 2 if HCR_EL2.VM=1."""
-    s1 = stage1_type(sctlr, hcr, s1_descriptor_type, instr=instr)
-    if s2_memattr is None or not HCR_EL2.get(hcr, "VM"):
-        return s1
-    return combine(s1, s2_memattr, s2_sh, hcr, instr=instr)
+    """The memory type an EL1 access really gets: stage 1, then stage 2 if HCR_EL2.VM=1 (or
+    DC=1, which behaves as if VM were 1).  An instruction fetch from Device memory is treated
+    as Normal Non-cacheable (K1.1.22; AArch64.S1TreatAsNormalNC, S2TreatAsNormalNC)."""
+    out = stage1_type(sctlr, hcr, s1_descriptor_type, instr=instr)
+    if s2_memattr is not None and (HCR_EL2.get(hcr, "VM") or HCR_EL2.get(hcr, "DC")):
+        out = combine(out, s2_memattr, s2_sh, hcr, instr=instr)
+    if instr and out.is_device:
+        out = MemType(sh="OSH")
+    return out
