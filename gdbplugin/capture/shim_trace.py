@@ -78,6 +78,11 @@ class ShimTrace:
                 yield from self._held.pop(e.vcpu)
             if k == "vcpu-start":
                 yield _drop_none({"kind": "vcpu-on", "vcpu": e.vcpu, "pc": e.pc})
+            elif k == "s2-fault" and e.extra.get("fetch"):
+                yield _drop_none({"kind": "fetch", "vcpu": e.vcpu, "ipa": e.ipa, "pc": e.pc,
+                                  "el": e.el, "ok": 1 if e.extra.get("fetch_ok") else None,
+                                  "old": e.extra.get("insn_old"),
+                                  "new": e.extra.get("insn_new")})
             elif k == "s2-fault":
                 yield _drop_none({"kind": "s2-fault", "vcpu": e.vcpu, "ipa": e.ipa,
                                   "access": e.access or "read", "esr": e.esr, "pc": e.pc,
@@ -98,6 +103,8 @@ class ShimTrace:
                     "memattr": MEMATTR.get(memtype, MEMATTR["device"]),
                     "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL,
                     "vcpu": e.vcpu}, *self._block_write(e)]
+            elif k == "s2-perm" and e.extra.get("observer"):
+                pass                # write-xor-execute gave X back: the policy's view is as it was
             elif k == "s2-perm":
                 yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
                        "memattr": MEMATTR.get(e.extra.get("memtype", "normal"),
@@ -161,8 +168,9 @@ class ShimTrace:
             while (mask >> end) & 1:
                 end += 1
             if self._in_ram(e.pa + 64 * line, 64 * (end - line)):
-                yield {"kind": "guest-access", "vcpu": e.vcpu, "pa": e.pa + 64 * line,
-                       "size": 64 * (end - line), "access": "write"}
+                yield _drop_none({"kind": "guest-access", "vcpu": e.vcpu,
+                                  "pa": e.pa + 64 * line, "size": 64 * (end - line),
+                                  "access": "write", "pc": e.pc})
             line = end
 
     def _guest_cmo(self, e) -> Iterator[dict]:

@@ -49,8 +49,11 @@ BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va",
                                                    "hyp-maintenance", "tlbi")], dtype=np.uint8)
 OBSERVED = "observed"
 NO_EVENT = np.iinfo(np.int64).max          # "no such event in this run" in per-page scratch
+# Events a vCPU issues, which settle its pending checks.  hyp-maintenance is the hypervisor's;
+# guest-access writes are reported after the fact (the lines a write epoch changed, at the
+# epoch's end), not where the vCPU is now.
 VCPU_KINDS = frozenset(k for k, fields in E.KINDS.items() if any(f.name == "vcpu" for f in fields)
-                       ) - {"hyp-maintenance"}
+                       ) - {"hyp-maintenance", "guest-access"}
 
 
 @dataclass
@@ -176,6 +179,7 @@ class Replay:
         self.last_fault = {}                  # vcpu -> (pc, el, access code, IPA page)
         self.last_fault_vcpu = 0
         self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
+        self.last_writer: dict[int, tuple[int, int]] = {}   # PA page -> (vcpu, pc) of a write
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
         self._open_first_map: dict[tuple, tuple] = {}   # (kind, world) -> (finding, outcome)
@@ -275,6 +279,8 @@ class Replay:
             self.unmap(int(e["addr"]), int(e["size"]))
         elif kind == "s2-access":
             self.access(seq, e)
+        elif kind == "fetch":
+            self.fetch(seq, e)
         elif kind == "s2-attr":
             xn = int(e["xn"]) if e["present"] & E.OPTIONAL_BIT["xn"] else None
             self.attr(int(e["addr"]), int(e["size"]), int(e["memattr"]), xn)
@@ -283,6 +289,9 @@ class Replay:
         elif kind == "guest-access":
             self.guest_access(int(e["vcpu"]), E.ACCESS[e["access"]], int(e["pa"]),
                               int(e["size"]))
+            if E.ACCESS[e["access"]] == "write" and e["present"] & E.OPTIONAL_BIT["pc"]:
+                for page in E.pages(int(e["pa"]), int(e["size"])):
+                    self.last_writer[page] = (int(e["vcpu"]), int(e["pc"]))
         elif kind == "cmo-va":
             self.cmo(int(e["vcpu"]), E.DC_VA_OPS[e["op"]], int(e["pa"]), int(e["size"]))
         elif kind == "set-way":
@@ -491,6 +500,38 @@ class Replay:
                             and last.pa + last.size == new.pa:
                         last.size += new.size
                         w.findings.pop()
+
+    def fetch(self, seq: int, e) -> None:
+        """An observed fetch from rewritten code: the fetched line is checked (the lines
+        written came before it as guest-access writes, the guest's I-cache maintenance of
+        them before that)."""
+        v = int(e["vcpu"])
+        vc = self.vcpus[v]
+        ipa = int(e["addr"])
+        pa = (self.pa_of_ipa.get(ipa >> PAGE_SHIFT, ipa >> PAGE_SHIFT) << PAGE_SHIFT) \
+            | (ipa & (PAGE - 1))
+        idx = self.ram.page_index(pa)
+        if idx < 0:
+            return
+        ctx = dict(seq=seq, vcpu=v, sctlr=vc.sctlr, line=(ipa >> 6) & 63,
+                   ok=bool(e["op"]),
+                   pc=int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None,
+                   el=int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None)
+        writer = self.last_writer.get(pa >> PAGE_SHIFT)
+        words = (f" (instruction {int(e['old']):#010x} -> {int(e['new']):#010x})"
+                 if e["old"] or e["new"] else "")
+        for det in BY_TRIGGER.get("fetch", ()):
+            if not det.armed(self, vc, "fetch"):
+                continue
+            before = {name: len(w.findings) for name, w in self.worlds.items()}
+            self.judge(det, ctx, np.array([idx], dtype=np.int64))
+            for name, w in self.worlds.items():
+                for f in w.findings[before[name]:]:
+                    where = "" if ctx["pc"] is None else f" at pc {ctx['pc']:#x}"
+                    f.message = (f"vCPU {v} fetched line {pa & ~63:#x}{where}{words}, "
+                                 "rewritten since the last I-cache invalidation "
+                                 "covering it" + (f" (written by vCPU {writer[0]} at pc "
+                                                  f"{writer[1]:#x})" if writer else ""))
 
     def unobserved_transition(self, ctx: dict, tracked: int, old: int) -> None:
         """The write says SCTLR_EL1 was ``old``; the model last saw ``tracked``: an M, C or I

@@ -1,4 +1,4 @@
-"""Events: what happened to a guest, in the order it happened (DESIGN.md sections 2 and 8).
+"""Events: what happened to a guest, in the order it happened.
 
 The schema is declared once here, as data: each kind with its fields and their types.  The
 trace reader validates against it; the engine reads events in a columnar form (one numpy
@@ -82,6 +82,15 @@ KINDS: dict[str, tuple[Field, ...]] = {
              _f("pc", "u64", optional=True)),
     "hyp-maintenance": (_f("op", HYP_OPS), _f("pa", "u64"), _f("size", "u64"),
                         _f("vcpu", "u32", optional=True), _f("reason", "str", optional=True)),
+    # The hypervisor saw the vCPU fetch from a page written since it could last be fetched
+    # (write-xor-execute observation; the lines written came before as guest-access writes).
+    # ok 1: every instruction of the fetched 64-byte line is unchanged, or old and new are
+    # both ones a PE may execute while they are modified (B, BL, BRK, SVC, HVC, SMC, ISB, NOP);
+    # old/new: the first word of the line that is neither (else the fetched one), as a fetch
+    # could still see it and now, where the hypervisor kept a copy.
+    "fetch": (_f("vcpu", "u32"), _f("ipa", "u64", "addr"), _f("pc", "u64", optional=True),
+              _f("el", "u8", optional=True), _f("ok", "u8", "op", optional=True),
+              _f("old", "u64", optional=True), _f("new", "u64", optional=True)),
 }
 KIND_NAMES = tuple(KINDS)
 KIND_CODE = {k: i for i, k in enumerate(KIND_NAMES)}

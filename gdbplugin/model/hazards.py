@@ -13,8 +13,11 @@ Triggers (raised by the engine):
   ``nc-access``    a vCPU's first access to a page after a caches-off (``s2-access``)
   ``host-write``   the host wrote RAM; candidates: mapped pages it wrote
   ``set-way``      a vCPU cleaned or invalidated by set/way (no pages)
+  ``fetch``        a vCPU fetched from a page written since it could last fetch from it
+                   (ctx: ``line``, the fetched 64-byte line; ``ok``)
 A detector with ``settles`` set is judged at the same vCPU's next event instead of at once
-(the guest may complete the sequence with its next instructions).
+when a trigger over the mapped pages raises it (the guest may complete the sequence with its
+next instructions); a fetch is judged at once.
 """
 from __future__ import annotations
 
@@ -22,6 +25,10 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import numpy as np
+
+from ..arch.sysregs import SCTLR_EL1
+
+SCTLR_I = SCTLR_EL1.fields["I"].mask
 
 
 class Detector:
@@ -124,21 +131,31 @@ class SetWayOp(Detector):
 
 @detector
 class IcacheNotInvalidated(Detector):
-    """Judged at the vCPU's next event: Linux's set_sctlr_el1 is ``msr; isb; ic iallu``, and an
-    IC IALLU(IS) right after the enable discards stale lines before anything new is fetched.
-    Pages a world has not made executable yet get their invalidation when they become
-    executable (exec-on-demand).  CTR_EL0.DIC: the I-cache is coherent, nothing to find."""
+    """At an I/M enable, judged at the vCPU's next event: Linux's set_sctlr_el1 is
+    ``msr; isb; ic iallu``, and an IC IALLU(IS) right after the enable discards stale lines
+    before anything new is fetched.  Pages a world has not made executable yet get their
+    invalidation when they become executable (exec-on-demand).  At an observed fetch from
+    rewritten code, the fetched line only, when the vCPU's I-cache is on (with SCTLR_EL1.I
+    clear, fetches are non-cacheable) and the instruction is not one the architecture lets
+    a PE execute while it is modified.  CTR_EL0.DIC: the I-cache is coherent, nothing to
+    find."""
 
     kind = "icache-not-invalidated"
     whose, seed = "guest", 5
-    meaning = ("the vCPU set SCTLR_EL1.I or M 0->1 with code written since the last I-cache "
-               "invalidation that covers it")
-    triggers = ("fetch-enable",)
+    meaning = ("code written since the last I-cache invalidation that covers it may be "
+               "fetched stale: the vCPU set SCTLR_EL1.I or M 0->1, or fetched a rewritten line")
+    triggers = ("fetch-enable", "fetch")
     settles = True
 
+    def armed(self, rp, vc, trigger):
+        return trigger != "fetch" or bool(vc.sctlr & SCTLR_I)
+
     def fires(self, rp, w, ctx, pages):
-        if rp.dic:
+        if rp.dic or ctx.get("ok"):
             return np.zeros(pages.size, dtype=bool)
+        if "line" in ctx:
+            code = (w.cache.bits["code"][pages] >> np.uint64(ctx["line"])) & np.uint64(1)
+            return w.executable[pages] & (code != 0)
         return w.executable[pages] & w.cache.pages_with("code", pages)
 
     def discharged_by(self, event_kind, op):

@@ -134,7 +134,7 @@ STATS = Codes("ST_", dict(enumerate([
     ("map_rom", "MAP_ROM"), ("rom_writes", "ROM_WRITES"), ("fw_cfg", "FWCFG"),
     ("host_dma", "HOST_DMA"), ("host_dma_bytes", "HOST_DMA_BYTES"),
     ("write_grant", "WRITE_GRANT"), ("wrprotect", "WRPROTECT"), ("snapshots", "SNAPSHOTS"),
-    ("snapshot_full", "SNAPSHOT_FULL"), ("accesses", "ACCESS")])))
+    ("snapshot_full", "SNAPSHOT_FULL"), ("accesses", "ACCESS"), ("refetch", "REFETCH")])))
 # sysreg-write op: the EL1 registers HCR_EL2.TVM traps (tvm_write in gdbplugin/shim/trap.c)
 SYSREGS = {1: "SCTLR_EL1", 2: "TTBR0_EL1", 3: "TTBR1_EL1", 4: "TCR_EL1", 5: "ESR_EL1",
            6: "FAR_EL1", 7: "AFSR0_EL1", 8: "AFSR1_EL1", 9: "MAIR_EL1", 10: "AMAIR_EL1",
@@ -153,11 +153,12 @@ FW_CFG_CONTROL = Codes("FWCFG_", {0x01: ("error", "ERROR"), 0x02: ("read", "READ
                                   0x04: ("skip", "SKIP"), 0x08: ("select", "SELECT"),
                                   0x10: ("write", "WRITE")})
 # flags of s2-map/s2-perm (permissions now in the descriptor)
-PERMS = Codes("PERM_", {1: ("r", "R"), 2: ("w", "W"), 4: ("x", "X")})
+PERMS = Codes("PERM_", {1: ("r", "R"), 2: ("w", "W"), 4: ("x", "X"), 8: ("observer", "OBSERVER")})
 # flags of s2-fault
 FAULT_FLAGS = Codes("FAULT_", {1: ("s1ptw", "S1PTW"), 2: ("fnv", "FNV"),
                                4: ("spurious", "SPURIOUS"), 8: ("write", "WRITE"),
-                               16: ("deferred", "DEFERRED")})
+                               16: ("deferred", "DEFERRED"), 32: ("fetch-ok", "FETCH_OK"),
+                               64: ("fetch", "FETCH")})
 # flags of guest-cmo
 CMO_FLAGS = Codes("CMO_", {1: ("no-ipa", "NO_IPA")})
 

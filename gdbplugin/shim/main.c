@@ -95,8 +95,9 @@ u64 boot_main(u64 x0)
     u64 ram_size = cfg.ram_end - cfg.ram_base;
     u64 image = ALIGN_UP((u64)(_end - _start), 0x10000);
     u64 ring = ALIGN_UP(cfg.ring_records * sizeof(struct record), 0x10000);  /* pool: 64K aligned */
-    u64 pool = cfg.pool_size ? ALIGN_UP(cfg.pool_size, PAGE_SIZE)
-                             : ALIGN_UP(ram_size / 256 + (1UL << 20), PAGE_SIZE);
+    u64 pool = (cfg.pool_size ? ALIGN_UP(cfg.pool_size, PAGE_SIZE)
+                              : ALIGN_UP(ram_size / 256 + (1UL << 20), PAGE_SIZE)) +
+               (cfg.flags & PF_TRACK_WRITES ? SNAP_BYTES : 0);
     u64 base = ALIGN_DOWN(cfg.ram_end - (image + ring + pool), BLOCK_SIZE);
     if (base < cfg.ram_base + (16UL << 20) || base > cfg.ram_end)
         early_fatal(D_MEMORY, "RAM too small for the shim's carve-out");

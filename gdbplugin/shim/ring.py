@@ -75,12 +75,16 @@ def decode_record(index: int, raw: bytes) -> Event:
         return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      va=None if "fnv" in f else va, op="fault",
                      extra={"fsc": op, "s1ptw": "s1ptw" in f, "far_valid": "fnv" not in f,
-                            "deferred": "deferred" in f})
+                            "deferred": "deferred" in f, "fetch": "fetch" in f,
+                            "fetch_ok": "fetch-ok" in f,
+                            **({"insn_old": size >> 32, "insn_new": size & 0xFFFFFFFF}
+                               if "fetch" in f and size else {})})
     if kind in ("s2-map", "s2-perm"):
-        perms = "".join(c for b, c in PERMS.items() if flags & b)
+        perms = "".join(c for b, c in PERMS.items() if flags & b and c in "rwx")
         return Event(**base, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      size=size, op="map" if kind == "s2-map" else "relax",
-                     extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms})
+                     extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms,
+                            "observer": bool(flags & PERMS.ids["observer"])})
     if kind == "dc":
         return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size, op="civac",
                      rule=RULES.get(flags, str(flags)))

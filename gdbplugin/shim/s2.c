@@ -31,8 +31,12 @@ spinlock_t s2_lock;
 #define S2_SH_IS    (3UL << 8)
 #define S2_AF       (1UL << 10)
 #define S2_XN       (2UL << 53)     /* XN[1:0] = 0b10: not executable at EL1 nor EL0 */
-#define S2_SW_SHIM  (1UL << 55)     /* software bit: mapped by the shim */
+#define S2_SW_XOK   (1UL << 55)     /* software bit: executable for the policy (write-xor-
+                                       execute observation may hold XN while the leaf is W) */
 #define S2_SW_HIDDEN (1UL << 56)    /* software bit: a valid leaf hidden to observe an access */
+#define S2_SW_WX_SHIFT 57           /* software bits 58:57: observed write->fetch cycles */
+#define S2_SW_WX    (3UL << S2_SW_WX_SHIFT)
+#define WX_CYCLES   3               /* then code and data share the page: left W and X */
 #define S2_ATTR(x)  ((u64)(x) << 2)
 #define OA_MASK     0x0000fffffffff000UL
 #define ATTR_NORMAL 0xfUL           /* Outer WB, Inner WB */
@@ -41,6 +45,8 @@ spinlock_t s2_lock;
 
 static u64 *root;                   /* 2 concatenated level-1 tables (8 KiB) */
 static u64 pool_next, pool_end;
+static u8 (*snap_data)[PAGE_SIZE];          /* page copies (SNAP_SLOTS each, s2_init) */
+static u8 (*snap_fetch)[PAGE_SIZE];
 
 static u64 *alloc_table(void)
 {
@@ -58,6 +64,11 @@ void s2_init(void)
 {
     pool_next = shim_ring.pool_base;
     pool_end = shim_ring.pool_base + shim_ring.pool_size;
+    if (track_writes()) {               /* the page copies (main.c sized the pool for them) */
+        pool_end -= SNAP_BYTES;
+        snap_data = (u8 (*)[PAGE_SIZE])pool_end;
+        snap_fetch = snap_data + SNAP_SLOTS;
+    }
     root = alloc_table();
     u64 *second = alloc_table();        /* the pool starts 8 KiB aligned: concatenated */
     if (!root || second != root + 512 || ((u64)root & 0x1fff))
@@ -170,6 +181,17 @@ void icache_inval(u64 pa, u64 size)
     stat_add(ST_IC_OPS, 1);
 }
 
+/* After restricting a leaf (W or X taken away): every vCPU's combined entries must go. */
+static void tlb_inval_ipa_all(u64 ipa)
+{
+    dsb(ishst);
+    __asm__ volatile("tlbi ipas2e1is, %0" : : "r"(ipa >> 12) : "memory");
+    dsb(ish);
+    __asm__ volatile("tlbi vmalle1is" : : : "memory");
+    dsb(ish);
+    isb();
+}
+
 /* After relaxing permissions (XN -> X): local invalidation only, as KVM's
  * kvm_pgtable_stage2_relax_perms (__kvm_tlb_flush_vmid_ipa_nsh, current kernels): another vCPU holding the old entry takes a spurious
  * permission fault at worst, which s2_handle_abort resolves. */
@@ -203,14 +225,35 @@ static u8 el_of(u64 spsr)
 
 static u16 perms_of(u64 d)
 {
-    return PERM_R | ((d & S2_AP_RW) == S2_AP_RW ? PERM_W : 0) | (d & S2_XN ? 0 : PERM_X);
+    return PERM_R | ((d & S2_AP_RW) == S2_AP_RW ? PERM_W : 0) | (d & S2_SW_XOK ? PERM_X : 0);
 }
 
-/* The guest executes from a page we mapped non-executable: make it executable. */
+/* The guest executes from a leaf with XN.  The policy's (S2_SW_XOK clear): make it
+ * executable, the policy's exec-fault rule.  The observer's (a fetch after a write, under
+ * write-xor-execute): give X back and take W away (the next write starts a new cycle), no
+ * policy action. */
 static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, u8 memtype)
 {
-    *e &= ~S2_XN;
-    tlb_inval_ipa_local(base);
+    if (*e & S2_SW_XOK) {
+        u64 cycles = ((*e & S2_SW_WX) >> S2_SW_WX_SHIFT) + 1;
+        *e = (*e & ~(S2_XN | S2_AP_RW | S2_SW_WX)) | S2_AP_RO | (cycles << S2_SW_WX_SHIFT);
+        tlb_inval_ipa_all(base);
+        stat_add(ST_REFETCH, 1);
+        emit(K_S2_PERM, v, el, A_EXEC, memtype, perms_of(*e) | PERM_OBSERVER, pc, 0, base,
+             *e & OA_MASK, size, 0);
+        return;
+    }
+    bool ram = ipa_is_ram(base);
+    if (ram && size == PAGE_SIZE && track_writes() && !(cfg.flags & PF_BLOCKS) &&
+        (*e & S2_AP_RW) == S2_AP_RW) {
+        /* write-xor-execute: code the guest can fetch is not writable; the next write to it
+         * is seen (the page's write epoch ended before the fault was recorded) */
+        *e = (*e & ~(S2_XN | S2_AP_RW)) | S2_AP_RO | S2_SW_XOK;
+        tlb_inval_ipa_all(base);
+    } else {
+        *e = (*e & ~S2_XN) | S2_SW_XOK;
+        tlb_inval_ipa_local(base);
+    }
     stat_add(ST_EXEC_GRANT, 1);
     emit(K_S2_PERM, v, el, A_EXEC, memtype, perms_of(*e), pc, 0, base, *e & OA_MASK, size, 0);
     emit(K_TLBI, v, 2, A_NONE, 1, 0, pc, 0, base, 0, size, 0);
@@ -222,70 +265,169 @@ bool track_writes(void)
     return cfg.flags & PF_TRACK_WRITES;
 }
 
-/* Line-precise evidence of non-cacheable writes.  A page written while the writer's caches
- * are off is copied when the write fault opens its epoch; when the epoch ends (the page is
- * write-protected again) the lines whose content changed are recorded (K_S2_WRITTEN).  A
- * write that leaves RAM as it was cannot make a cached copy stale, so "changed" is exactly
- * what the model needs.  Slots run out only if a guest writes more than SNAP_SLOTS pages with
- * its caches off between two epochs; then the fault is whole-page evidence as before. */
-#define SNAP_SLOTS 256
-static u8 snap_data[SNAP_SLOTS][PAGE_SIZE] __attribute__((aligned(4096)));
+/* Line-precise write evidence.  A page written while the writer's caches are off, or code
+ * under write-xor-execute, is copied when the write fault opens its epoch; the lines whose
+ * content changed are recorded (K_S2_WRITTEN) when the epoch ends (the page is write-protected
+ * again), and for code also at the guest's I-cache maintenance and at the next fetch.  A write
+ * that leaves RAM as it was cannot make a cached copy stale, so "changed" is exactly what the
+ * model needs.  Two copies: snap_data, the content as last recorded; snap_fetch, for code, the
+ * content an instruction fetch may still see (as when the page was last fetchable, line by line
+ * as the guest invalidated the I-cache since), kept across epochs until the next fetch.  When
+ * the slots run out the write fault is whole-page evidence and write-xor-execute is skipped. */
+#define SNAP_HINTS 1024
 static u64 snap_page[SNAP_SLOTS];           /* page + 1; 0: free */
+static u64 snap_pc[SNAP_SLOTS];             /* PC of the write fault that took the copy */
 static u8 snap_vcpu[SNAP_SLOTS];
+static u16 snap_hint[SNAP_HINTS];           /* page hash -> slot + 1 last taken there */
+
+static u64 snap_hash(u64 page)
+{
+    return (page >> 12) & (SNAP_HINTS - 1);
+}
 
 static int snap_find(u64 page)
 {
+    u16 h = snap_hint[snap_hash(page)];
+    if (h && snap_page[h - 1] == page + 1)
+        return h - 1;
     for (int i = 0; i < SNAP_SLOTS; i++)
         if (snap_page[i] == page + 1)
             return i;
     return -1;
 }
 
-/* Caller holds s2_lock. */
-static int snap_take(struct vcpu *v, u64 page)
+/* Caller holds s2_lock.  A page that still has its copy (code kept for its next fetch) keeps
+ * it: the recorded content is current, the writer is this one. */
+static int snap_take(struct vcpu *v, u64 page, u64 pc)
 {
     int i = snap_find(page);
-    if (i >= 0)
-        return i;
-    for (i = 0; i < SNAP_SLOTS; i++) {
-        if (!snap_page[i]) {
-            memcpy(snap_data[i], (void *)page, PAGE_SIZE);
-            snap_page[i] = page + 1;
-            snap_vcpu[i] = (u8)v->slot;
+    for (int j = 0; i < 0 && j < SNAP_SLOTS; j++) {
+        if (!snap_page[j]) {
+            memcpy(snap_data[j], (void *)page, PAGE_SIZE);
+            memcpy(snap_fetch[j], (void *)page, PAGE_SIZE);
+            snap_page[j] = page + 1;
+            snap_hint[snap_hash(page)] = (u16)(j + 1);
             stat_add(ST_SNAPSHOTS, 1);
-            return i;
+            i = j;
         }
     }
-    stat_add(ST_SNAPSHOT_FULL, 1);
-    return -1;
+    if (i < 0) {
+        stat_add(ST_SNAPSHOT_FULL, 1);
+        return -1;
+    }
+    snap_vcpu[i] = (u8)v->slot;
+    snap_pc[i] = pc;
+    return i;
 }
 
-/* The epoch of `page` ends: record which lines changed.  Caller holds s2_lock. */
-static void snap_end(u64 page, u64 pc)
+/* Lines of `page` in [lo, hi) (byte offsets) that differ from slot i's copy, as a mask of
+ * 64-byte lines; with `refresh`, the copy takes their new content. */
+static u64 snap_changed(int i, u64 page, u64 lo, u64 hi, bool refresh)
+{
+    const u64 *now = (const u64 *)page;
+    u64 *then = (u64 *)snap_data[i];
+    u64 mask = 0;
+    for (u64 line = lo / 64; line < hi / 64; line++)
+        for (u64 w = 0; w < 8; w++)
+            if (now[line * 8 + w] != then[line * 8 + w]) {
+                mask |= 1UL << line;
+                if (refresh)
+                    memcpy(&then[line * 8], &now[line * 8], 64);
+                break;
+            }
+    return mask;
+}
+
+static void snap_report(int i, u64 page, u64 mask)
+{
+    if (mask)
+        emit(K_S2_WRITTEN, &vcpus[snap_vcpu[i]], 2, A_WRITE, 0, 0, snap_pc[i], 0, page, page,
+             PAGE_SIZE, mask);
+}
+
+/* The epoch of `page` ends: record which lines changed.  `keep`: the page is code held by
+ * write-xor-execute, whose copy must last until its next fetch (recorded content refreshed);
+ * else the slot is freed.  Caller holds s2_lock. */
+static void snap_end(u64 page, bool keep)
 {
     int i = snap_find(page);
     if (i < 0)
         return;
-    const u64 *now = (const u64 *)page, *then = (const u64 *)snap_data[i];
-    u64 mask = 0;
-    for (u64 line = 0; line < 64; line++)
-        for (u64 w = 0; w < 8; w++)
-            if (now[line * 8 + w] != then[line * 8 + w]) {
-                mask |= 1UL << line;
-                break;
-            }
-    snap_page[i] = 0;
-    struct vcpu *writer = &vcpus[snap_vcpu[i]];
-    emit(K_S2_WRITTEN, writer, 2, A_WRITE, 0, 0, pc, 0, page, page, PAGE_SIZE, mask);
+    u64 mask = snap_changed(i, page, 0, PAGE_SIZE, keep);
+    if (!keep)
+        snap_page[i] = 0;
+    snap_report(i, page, mask);
+}
+
+/* Concurrent modification and execution (Arm ARM, "Concurrent modification and execution of
+ * instructions"): B, BL, BRK, SVC, HVC, SMC, ISB and NOP may be rewritten into one another
+ * while another PE executes them, which then executes either the old or the new one. */
+static bool cmodx_safe(u32 w)
+{
+    return (w & 0x7c000000) == 0x14000000 ||            /* B, BL */
+           (w & 0xffe0001c) == 0xd4000000 ||            /* SVC, HVC, SMC (LL = 1..3) */
+           (w & 0xffe0001f) == 0xd4200000 ||            /* BRK */
+           (w & 0xfffff0ff) == 0xd50330df ||            /* ISB */
+           w == 0xd503201f;                             /* NOP */
+}
+
+/* An observed fetch from the line of `ipa`: harmless whatever the I-cache holds when every
+ * instruction word of the 64-byte line is as a fetch could still see it, or old and new are
+ * both concurrent-modification safe.  *words: the first word that is neither (else the
+ * fetched one), copy << 32 | now; 0 without a copy. */
+static bool fetch_ok(u64 ipa, u64 *words)
+{
+    int i = snap_find(ALIGN_DOWN(ipa, PAGE_SIZE));
+    *words = 0;
+    if (i < 0)
+        return false;
+    const u32 *then = (const u32 *)&snap_fetch[i][ipa & (PAGE_SIZE - 64)];
+    const u32 *now = (const u32 *)ALIGN_DOWN(ipa, 64);
+    u64 at = (ipa & 63) / 4;
+    *words = (u64)then[at] << 32 | now[at];
+    for (u64 w = 0; w < 16; w++) {
+        if (then[w] != now[w] && !(cmodx_safe(then[w]) && cmodx_safe(now[w]))) {
+            *words = (u64)then[w] << 32 | now[w];
+            return false;
+        }
+    }
+    return true;
+}
+
+/* The guest invalidates the I-cache for [ipa, ipa + size) (IC IVAU; ~0 size: IC IALLU).
+ * Lines written under write-xor-execute before it are recorded before it, and their copy is
+ * refreshed, so that a fetch after it checks only what was written after it. */
+void s2_icache_maintenance(u64 ipa, u64 size)
+{
+    if (!track_writes() || (cfg.flags & PF_BLOCKS))
+        return;
+    spin_lock(&s2_lock);
+    for (int i = 0; i < SNAP_SLOTS; i++) {
+        u64 page = snap_page[i] - 1;
+        if (!snap_page[i] || (size != ~0UL && (page + PAGE_SIZE <= ipa || page >= ipa + size)))
+            continue;
+        u64 leaf_size, *e = leaf_of(page, &leaf_size);
+        if (!e || !(*e & S2_SW_XOK) || !(*e & S2_XN))
+            continue;                               /* not held by write-xor-execute */
+        u64 lo = size == ~0UL || ipa < page ? 0 : ALIGN_DOWN(ipa - page, 64);
+        u64 hi = size == ~0UL || ipa + size >= page + PAGE_SIZE ? PAGE_SIZE
+                 : ALIGN_UP(ipa + size - page, 64);
+        snap_report(i, page, snap_changed(i, page, lo, hi, true));
+        memcpy(&snap_fetch[i][lo], (const void *)(page + lo), hi - lo);    /* now fetchable */
+    }
+    spin_unlock(&s2_lock);
 }
 
 /* The guest writes a RAM leaf the shim write-protected to observe writes (PF_TRACK_WRITES):
  * give it W.  A permission relaxation, as KVM's stage2_attr_walker: no D-side maintenance,
  * a local TLB invalidation (another vCPU takes a spurious fault at worst). */
-static void grant_write(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc)
+static void grant_write(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, bool wx)
 {
-    *e |= S2_AP_RW;
-    tlb_inval_ipa_s2_local(base);
+    *e |= S2_AP_RW | (wx ? S2_XN : 0);
+    if (wx)
+        tlb_inval_ipa_all(base);                /* X taken away: no stale executable entry */
+    else
+        tlb_inval_ipa_s2_local(base);
     stat_add(ST_WRITE_GRANT, 1);
     emit(K_S2_PERM, v, el, A_WRITE, MT_NORMAL, perms_of(*e), pc, 0, base, *e & OA_MASK,
          size, 0);
@@ -334,13 +476,34 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
         spin_unlock(&s2_lock);
         return;
     }
-    int snap = -1;
-    if (access == A_WRITE && ram && nc_writer && track_writes() && !(cfg.flags & PF_BLOCKS)) {
-        snap = snap_take(v, page);                  /* before the write lands */
-        if (snap >= 0)
-            flags |= FAULT_DEFERRED;
+    bool pages = track_writes() && !(cfg.flags & PF_BLOCKS);
+    u64 cur_size = 0;
+    u64 *cur = ram && pages ? leaf_of(page, &cur_size) : NULL;
+    if (cur && cur_size != PAGE_SIZE)
+        cur = NULL;
+    u64 words = 0;                      /* a fetch after a write: old << 32 | new word */
+    if (access == A_EXEC && cur && (*cur & S2_XN) &&
+        ((*cur & S2_SW_XOK) || (*cur & S2_AP_RW) == S2_AP_RW)) {
+        /* a fetch after a write (write-xor-execute), or the policy's exec grant on a page in
+         * a write epoch (which ends it): the lines written since the copy (or since the
+         * I-cache maintenance that covered them) are recorded before the fault */
+        if (*cur & S2_SW_XOK)
+            flags |= FAULT_FETCH | (fetch_ok(ipa, &words) ? FAULT_FETCH_OK : 0);
+        snap_end(page, false);
     }
-    emit(K_S2_FAULT, v, el, access, fsc, flags, pc, esr, ipa, ipa, 0, fnv ? 0 : far);
+    /* write-xor-execute: a write to a leaf the guest can fetch from (or one the policy maps
+     * executable at once) by a vCPU whose I-cache is on holds XN until the next fetch; the
+     * page is copied so that the lines written come out exactly */
+    bool wx = access == A_WRITE && pages && ram && (read_sysreg(sctlr_el1) & SCTLR_I) &&
+              (cur ? (*cur & S2_SW_XOK) && ((*cur & S2_SW_WX) >> S2_SW_WX_SHIFT) < WX_CYCLES
+                   : type == 0x04 && !policy_exec_on_demand());
+    if (access == A_WRITE && ram && (nc_writer || wx) && pages) {
+        if (snap_take(v, page, pc) >= 0)            /* before the write lands */
+            flags |= FAULT_DEFERRED;
+        else
+            wx = false;                             /* no copy: whole-page evidence, no W^X */
+    }
+    emit(K_S2_FAULT, v, el, access, fsc, flags, pc, esr, ipa, ipa, words, fnv ? 0 : far);
 
     bool normal = ram || rom;                           /* Normal at stage 2 */
     bool device = !normal && mmio_find(page) >= 0 && !ipa_is_fwcfg_page(page);
@@ -376,7 +539,7 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
             if (access == A_EXEC && (*e & S2_XN))
                 grant_exec(v, e, base, size, el, pc, memtype);
             else if (access == A_WRITE && ram && (*e & S2_AP_RW) != S2_AP_RW)
-                grant_write(v, e, base, size, el, pc);
+                grant_write(v, e, base, size, el, pc, wx && (*e & S2_SW_XOK));
             goto out;
         }
         bool exec = access == A_EXEC || !policy_exec_on_demand();
@@ -385,7 +548,8 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
          * a translation fault of a stage-1 walk reading it is a read: kvm_is_write_fault) */
         bool writable = !rom && !(ram && track_writes() && access != A_WRITE);
         u64 d = base | S2_AF | S2_SH_IS | (writable ? S2_AP_RW : S2_AP_RO) | S2_ATTR(attr) |
-                S2_SW_SHIM | (exec ? 0 : S2_XN) | (level == 3 ? D_TABLE : D_BLOCK);
+                (exec ? S2_SW_XOK : 0) | (exec && !(wx && level == 3) ? 0 : S2_XN) |
+                (level == 3 ? D_TABLE : D_BLOCK);
         *e = d;
         dsb(ishst);
         stat_add(ram ? ST_MAP_NORMAL : rom ? ST_MAP_ROM : ST_MAP_DEVICE, 1);
@@ -401,7 +565,7 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
             stat_add(ST_SPURIOUS, 1);                   /* another vCPU granted it: our */
             tlb_inval_ipa_local(page);                  /* TLB may still hold XN */
         } else if (e && ram && access == A_WRITE && (*e & S2_AP_RW) != S2_AP_RW) {
-            grant_write(v, e, ALIGN_DOWN(page, size), size, el, pc);
+            grant_write(v, e, ALIGN_DOWN(page, size), size, el, pc, wx);
         } else if (e && ram && access == A_WRITE) {
             stat_add(ST_SPURIOUS, 1);                   /* granted meanwhile */
             tlb_inval_ipa_local(page);
@@ -486,17 +650,14 @@ void flush_vm(struct vcpu *v, int rule, u64 pc)
     spin_unlock(&s2_lock);
 }
 
-struct wrprotect { struct sweep sw; u64 pc; };
-
 static void wrprotect_leaf(u64 *e, u64 base, u64 size, void *ctx)
 {
-    struct wrprotect *w = ctx;
     if (!ipa_is_ram(base) || (*e & S2_AP_RW) != S2_AP_RW)
         return;
-    *e = (*e & ~S2_AP_RW) | S2_AP_RO;
-    sweep_add(&w->sw, base, size);
+    *e = (*e & ~S2_AP_RW) | S2_AP_RO;   /* an observer's XN stays: the next fetch is seen */
+    sweep_add(ctx, base, size);
     if (size == PAGE_SIZE)
-        snap_end(base, w->pc);
+        snap_end(base, (*e & S2_SW_XOK) && (*e & S2_XN));
 }
 
 /* Write-protect the RAM leaves in [ipa, ipa + size) (observation only, PF_TRACK_WRITES): the
@@ -504,7 +665,7 @@ static void wrprotect_leaf(u64 *e, u64 base, u64 size, void *ctx)
  * guest clean by VA re-protects its page silently, so runs of its records stay coalesced). */
 void s2_wrprotect(struct vcpu *v, u64 ipa, u64 size, u64 pc, bool record)
 {
-    struct wrprotect w = {{~0UL, 0, 0, 0}, pc};
+    struct sweep sw = {~0UL, 0, 0, 0};
     spin_lock(&s2_lock);
     if (size == PAGE_SIZE) {                    /* a guest clean by VA: its page's leaf */
         u64 leaf_size;
@@ -512,24 +673,19 @@ void s2_wrprotect(struct vcpu *v, u64 ipa, u64 size, u64 pc, bool record)
         if (!e)
             e = leaf_lookup(ipa, &leaf_size, true);
         if (e)
-            wrprotect_leaf(e, ALIGN_DOWN(ipa, leaf_size), leaf_size, &w);
+            wrprotect_leaf(e, ALIGN_DOWN(ipa, leaf_size), leaf_size, &sw);
     } else {
-        for_each_leaf(ipa, ipa + size < ipa ? ~0UL : ipa + size, wrprotect_leaf, &w);
+        for_each_leaf(ipa, ipa + size < ipa ? ~0UL : ipa + size, wrprotect_leaf, &sw);
     }
-    struct sweep sw = w.sw;
-    if (sw.leaves) {
+    if (sw.leaves == 1) {
+        tlb_inval_ipa_all(sw.lo);
+    } else if (sw.leaves) {
         dsb(ishst);
-        if (sw.leaves == 1) {
-            __asm__ volatile("tlbi ipas2e1is, %0" : : "r"(sw.lo >> 12) : "memory");
-            dsb(ish);
-            __asm__ volatile("tlbi vmalle1is" : : : "memory");
-        } else {
-            __asm__ volatile("tlbi vmalls12e1is" : : : "memory");
-        }
+        __asm__ volatile("tlbi vmalls12e1is" : : : "memory");
         dsb(ish);
         isb();
-        stat_add(ST_WRPROTECT, sw.leaves);
     }
+    stat_add(ST_WRPROTECT, sw.leaves);
     if (record && sw.leaves)
         emit(K_S2_WRPROTECT, v, 2, A_NONE, 0, 0, pc, 0, sw.leaves ? sw.lo : 0, sw.hi,
              sw.bytes, sw.leaves);

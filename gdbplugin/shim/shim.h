@@ -47,7 +47,12 @@ enum policy { POL_NONE = 0, POL_RFC2013 = 1, POL_KVM = 2, POL_XEN = 3, POL_FWB =
                                        restored; all are restored when caches go on again.
                                        Invisible to the policy. */
 #define PF_TRACK_WRITES (1UL << 4)  /* observation: map RAM read-only until the first write of
-                                       an epoch (a write fault grants W: K_S2_PERM); every SCTLR_EL1
+                                       an epoch, and a page the guest can fetch from either
+                                       writable or executable (write-xor-execute, while the
+                                       writer's I-cache is on: a write to code and the next
+                                       fetch from it are both seen; up to 3 cycles a page, then
+                                       it is left both).  A write fault grants W (K_S2_PERM);
+                                       every SCTLR_EL1
                                        M/C change and VM flush starts a new epoch (all RAM leaves
                                        write-protected: K_S2_WRPROTECT), a guest clean by VA
                                        ends its page's epoch.  Invisible to the policy. */
@@ -71,6 +76,10 @@ struct params {
 };
 
 #define DEFAULT_RING_RECORDS  (1UL << 17)      /* 8 MiB of records */
+/* PF_TRACK_WRITES: page copies for line-precise write evidence (s2.c), two per slot, taken
+ * from the end of the stage-2 table pool */
+#define SNAP_SLOTS      256
+#define SNAP_BYTES      (SNAP_SLOTS * 2 * PAGE_SIZE)
 
 /* ---- ring ---------------------------------------------------------------------------- */
 #define RING_MAGIC      0x31474e4952433253UL    /* "S2CRING1" */
@@ -128,15 +137,29 @@ enum { MT_NORMAL = 0, MT_DEVICE = 1, MT_ROM = 2 };
 /* K_S2_MAP / K_S2_PERM flags: permissions now in the descriptor */
 #define PERM_R 1
 #define PERM_W 2
-#define PERM_X 4
+#define PERM_X 4                /* executable for the policy (the observer may hold XN) */
+#define PERM_OBSERVER 8         /* K_S2_PERM: an observer-only change (write-xor-execute gives
+                                   X back at a fetch after a write); the policy's view is as
+                                   before and the policy did nothing */
 /* K_S2_FAULT flags */
 #define FAULT_S1PTW     1
 #define FAULT_FNV       2       /* FAR_EL2 not valid */
 #define FAULT_SPURIOUS  4       /* already mapped when we looked (another vCPU won) */
 #define FAULT_WRITE     8       /* ESR WnR */
-#define FAULT_DEFERRED  16      /* a write with the vCPU's caches off under PF_TRACK_WRITES:
-                                   the page was copied and the lines this write epoch changes
-                                   come in a K_S2_WRITTEN record when the epoch ends */
+#define FAULT_DEFERRED  16      /* a write under PF_TRACK_WRITES with the vCPU's caches off, or
+                                   to a page it can fetch from (write-xor-execute): the page
+                                   was copied and the lines changed come in K_S2_WRITTEN
+                                   records (at the next I-cache maintenance covering them, the
+                                   next fetch, or when the epoch ends) */
+#define FAULT_FETCH_OK  32      /* with FAULT_FETCH: every instruction of the fetched line is
+                                   as a fetch could still see it, or old and new are both ones
+                                   the architecture lets a PE execute while they are modified
+                                   (B, BL, BRK, SVC, HVC, SMC, ISB, NOP) */
+#define FAULT_FETCH     64      /* an instruction fetch from a page written since it could last
+                                   be fetched (write-xor-execute, observation only); size: an
+                                   instruction word of the line as a fetch could still see it
+                                   << 32 | the word now (the first that makes the fetch unsafe,
+                                   else the fetched one; 0: no copy) */
 /* K_DIAG flags */
 #define DIAG_FATAL      1
 
@@ -164,7 +187,8 @@ enum stat {
     ST_TRAPS, ST_DABT, ST_IABT, ST_MAP_NORMAL, ST_MAP_DEVICE, ST_EXEC_GRANT, ST_DC_BYTES,
     ST_IC_OPS, ST_FLUSH_VM, ST_SYSREG, ST_SET_WAY, ST_SMC, ST_HVC, ST_SPURIOUS, ST_TABLES,
     ST_VCPUS, ST_GUEST_CMO, ST_MAP_ROM, ST_ROM_WRITES, ST_FWCFG, ST_HOST_DMA, ST_HOST_DMA_BYTES,
-    ST_WRITE_GRANT, ST_WRPROTECT, ST_SNAPSHOTS, ST_SNAPSHOT_FULL, ST_ACCESS, ST_COUNT,
+    ST_WRITE_GRANT, ST_WRPROTECT, ST_SNAPSHOTS, ST_SNAPSHOT_FULL, ST_ACCESS, ST_REFETCH,
+    ST_COUNT,
 };
 
 struct ring_header {            /* at symbol shim_ring (page-aligned), 4 KiB */
@@ -285,6 +309,7 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt);
 void flush_vm(struct vcpu *v, int reason, u64 pc);
 void s2_wrprotect(struct vcpu *v, u64 ipa, u64 size, u64 pc, bool record);
 void s2_hide(struct vcpu *v, bool hide, u64 pc);
+void s2_icache_maintenance(u64 ipa, u64 size);
 bool track_writes(void);
 void dcache_clean_inval(u64 pa, u64 size);
 void icache_inval(u64 pa, u64 size);

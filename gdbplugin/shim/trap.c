@@ -120,6 +120,7 @@ static void handle_guest_cmo(struct vcpu *v, struct frame *f, u64 esr, u64 op, u
     u8 el = guest_el();
     stat_add(ST_GUEST_CMO, 1);
     if (op == G_IC_IALLU || op == G_IC_IALLUIS) {
+        s2_icache_maintenance(0, ~0UL);        /* lines written before it: recorded first */
         __asm__ volatile("ic ialluis" : : : "memory");
         dsb(ish);
         isb();
@@ -133,6 +134,8 @@ static void handle_guest_cmo(struct vcpu *v, struct frame *f, u64 esr, u64 op, u
     u64 ipa = guest_ipa(va, el);
     bool ok = ipa != ~0UL && (ipa_is_ram(ipa) || mmio_find(ipa) >= 0);
     if (ok && ipa_is_ram(ipa)) {
+        if (op == G_IC_IVAU)
+            s2_icache_maintenance(ipa, line);
         do_cmo(op, ipa);
         /* a clean to PoC ends the page's write epoch: its next write is observed again */
         if (track_writes() && !(cfg.flags & PF_BLOCKS) &&

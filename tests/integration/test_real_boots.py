@@ -5,7 +5,15 @@ write, the guest's own cache maintenance, write epochs with line-precise non-cac
 writes, the first accesses after a caches-off).  The recorded trace is replayed:
 
 - the `kvm` world (the model's KVM) and the `observed` world (what the shim really did)
-  leave nothing uncovered: a checker that reports hazards on a correct hypervisor is wrong;
+  leave nothing uncovered that is the hypervisor's: a checker that reports hazards on a
+  correct hypervisor is wrong.  What remains is one class of Linux's own, found by the
+  write-xor-execute observer at the fetch: ftrace_init rewrites each function's
+  patchable-entry NOP into MOV X9, X30 (ftrace_init_nop -> aarch64_insn_patch_text_nosync),
+  and a function the patching path itself calls (after the write, before its DC CVAU and IC
+  IVAU) is fetched in between.  MOV is not among the instructions the architecture lets a
+  PE execute while they are modified (B, BL, BRK, SVC, HVC, SMC, ISB, NOP); Linux relies on
+  either one being harmless there (X9 is free at function entry).  The guest's choice, and
+  the tests pin it by the instruction words;
 - the `none` world reports first-map-uncached on pages the host loaded that the guest read
   with its caches off -- the kernel QEMU put in RAM, U-Boot and EDK2 running from flash with
   their MMU off -- and every one of them was cleaned by the shim (observed).  What the
@@ -73,9 +81,35 @@ def test_observation_was_on(boot):
     assert h["cpu"]["ctr_el0"] and h["cpu"]["clidr_el1"]
 
 
+NOP, MOV_X9_X30 = 0xD503201F, 0xAA1E03E9
+
+
+def _fetch_at(trace, seq: int):
+    ev = trace.events[trace.events["seq"] == seq]
+    return ev[0] if len(ev) and E.KIND_NAMES[ev[0]["kind"]] == "fetch" else None
+
+
 @pytest.mark.parametrize("world", ["kvm", "observed"])
-def test_nothing_uncovered_under_kvm(boot, world):
-    assert describe(boot.result.uncovered(world)) == []
+def test_nothing_uncovered_under_kvm_but_ftrace_entry_patching(boot, world):
+    left = []
+    for f in boot.result.uncovered(world):
+        fetch = _fetch_at(boot.trace, f.seq)
+        if f.kind == "icache-not-invalidated" and fetch is not None and \
+                (int(fetch["old"]), int(fetch["new"])) == (NOP, MOV_X9_X30):
+            continue
+        left.append(f)
+    assert describe(left) == []
+
+
+def test_rewritten_code_is_checked_at_the_fetch(boot):
+    """The write-xor-execute observer saw code rewritten after it ran and fetched again (Linux
+    patches its text at boot: alternatives, static keys, ftrace): every such fetch is in the
+    trace, and the ones the guest left correct (unchanged word, CMODX-safe rewrite, or I-cache
+    maintenance in between) raise nothing."""
+    fetches = _events(boot.trace, "fetch")
+    assert len(fetches) > 10
+    flagged = {f.seq for f in boot.result.findings("kvm") if f.kind == "icache-not-invalidated"}
+    assert len(flagged) < len(fetches) / 4
 
 
 def _pages(ranges) -> set[int]:

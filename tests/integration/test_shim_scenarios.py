@@ -12,6 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from gdbplugin.capture.record import record
+from gdbplugin.model.engine import Replay
+from gdbplugin.model.hazards import INFO_KINDS
+from gdbplugin.model.trace import read_trace
 from gdbplugin.shim.launch import ShimImage, ShimParams, ShimSession, shim_config
 from gdbplugin.shim.ring import Event
 from gdbplugin.target.qemu import Loader
@@ -215,6 +219,63 @@ def test_icache_not_invalidated_clean(shim, blob):
     assert "code ran" in console
     in_order(events, ("s2-map", {"ipa": CODE}), ("guest-cmo", {"op": "ic-iallu"}),
              ("sysreg-write", sctlr_on(M | C | I)), ("s2-fault", {"access": "exec", **page(CODE)}))
+
+
+# -- icache-not-invalidated at a fetch: code rewritten after it ran ---------------------------
+MOV_W0_42, MOV_W0_43 = 0x52800540, 0x52800560
+
+
+def replayed(shim, blob, name: str, tmp_path) -> dict:
+    """The scenario recorded to a trace (gdbplugin/capture/record.py) and replayed: the
+    findings per world, without the info kinds."""
+    params = ShimParams(policy="kvm", poweroff_on_fatal=True)
+    config = shim_config(SCENARIOS / f"{name}.bin", params, shim=shim, paused=False)
+    config.loaders.append(Loader(file=blob, addr=BLOB, force_raw=True))
+    path = tmp_path / "trace.jsonl"
+    with ShimSession(config, shim, consume=True) as s:
+        why, _ = record(s, path, f"SCENARIO-DONE {name}", timeout=60, vcpus=1)
+        assert why == "match", s.console()
+    trace = read_trace(path)
+    result = Replay(trace.header).run(trace)
+    return {w: [f for f in result.findings(w) if f.kind not in INFO_KINDS]
+            for w in result.worlds}
+
+
+def test_code_rewritten(shim, blob, tmp_path):
+    events, console = run(shim, blob, "code_rewritten")
+    assert "code ran" in console
+    in_order(events,
+             # the first run: the policy makes the page executable (KVM invalidates there)
+             ("s2-fault", {"access": "exec", "fetch": False, **page(CODE)}),
+             ("s2-perm", {"ipa": CODE, "perms": "rx", "observer": False}),
+             ("ic", {"ipa": CODE, "rule": "kvm.icache-inval-on-exec-fault"}),
+             # the rewrite: write-xor-execute copies the page and takes X away
+             ("s2-fault", {"access": "write", "deferred": True, **page(CODE)}),
+             ("s2-written", {"pa": CODE, "lines": 1}),
+             # the next fetch: the line written is recorded first, then the fetch, old -> new
+             ("s2-fault", {"access": "exec", "fetch": True, "fetch_ok": False,
+                           "insn_old": MOV_W0_42, "insn_new": MOV_W0_43, **page(CODE)}),
+             ("s2-perm", {"ipa": CODE, "perms": "rx", "observer": True}))
+    found = replayed(shim, blob, "code_rewritten", tmp_path)
+    for world in ("none", "kvm", "xen", "fwb", "observed"):
+        at_fetch = [f for f in found[world] if f.kind == "icache-not-invalidated"
+                    and f.pc == CODE and f.pa == CODE]
+        assert len(at_fetch) == 1, (world, found[world])
+        assert "0x52800540 -> 0x52800560" in at_fetch[0].message
+    assert not [f for f in found["kvm"] if f.pc != CODE]
+
+
+def test_code_rewritten_clean(shim, blob, tmp_path):
+    events, console = run(shim, blob, "code_rewritten_clean")
+    assert "code ran" in console
+    in_order(events, ("s2-fault", {"access": "write", "deferred": True, **page(CODE)}),
+             ("guest-cmo", {"op": "dc-cvau", **page(CODE)}),
+             ("s2-written", {"pa": CODE, "lines": 1}),     # before the invalidation
+             ("guest-cmo", {"op": "ic-ivau", **page(CODE)}),
+             ("s2-fault", {"access": "exec", "fetch": True, "fetch_ok": True, **page(CODE)}))
+    found = replayed(shim, blob, "code_rewritten_clean", tmp_path)
+    assert found["kvm"] == [] and found["observed"] == []
+    assert not [f for w in found for f in found[w] if f.pa == CODE]
 
 
 # -- mismatched-alias -----------------------------------------------------------------------

@@ -325,3 +325,58 @@ def test_a_map_after_a_permission_faults_write_keeps_its_order(tmp_path):
     # The write came first, cacheable (memattr 0xF): with no maintenance its lines may be
     # dirty; replayed after the remap (memattr 0x5, non-cacheable) they would only be stale.
     assert r.worlds["none"].cache.bits["dirty"][0x400] != 0
+
+
+# -- 13. Code rewritten after it ran, checked at the fetch ---------------------------------
+
+def _rewrite(*between, ok=None, sctlr_now=MC_ON):
+    """The guest runs with everything on from code at CODE (made executable by an exec
+    fault), rewrites one line of it (the shim reports the line it changed: a guest-access
+    write after a deferred write fault), does ``between``, and fetches from that line again
+    (write-xor-execute reports the fetch)."""
+    fetch = {"kind": "fetch", "vcpu": 0, "ipa": CODE + 0x48, "pc": CODE + 0x48, "el": 1,
+             "old": 0xD503201F, "new": 0xAA1E03E9}
+    if ok is not None:
+        fetch["ok"] = ok
+    return [load(), on(), *fault_map(CODE, "exec"), iallu(), sctlr(OFF, sctlr_now, pc=CODE),
+            iallu(),
+            {"kind": "s2-fault", "vcpu": 0, "ipa": CODE + 0x48, "access": "write",
+             "deferred": 1},
+            {"kind": "guest-access", "vcpu": 0, "pa": CODE + 0x40, "size": 64,
+             "access": "write", "pc": CODE + 0x800},
+            *between, fetch]
+
+
+def test_a_fetch_of_rewritten_code_without_icache_maintenance_is_found(tmp_path):
+    """No hypervisor invalidates the I-cache when a guest rewrites its own code: KVM's
+    invalidation happens when a leaf becomes executable (stage2_map_walker_try_leaf,
+    relax_perms), Xen's at allocation and VM flushes; this leaf was executable long before.
+    A fetch of the rewritten line may hit the old instruction: the guest's job (seed point 5)
+    under every policy, reported at the fetch with the fetching and the writing PC."""
+    r = run(tmp_path, _rewrite())
+    assert uncovered(r, "icache-not-invalidated") == set(POLICIES)
+    (f,) = found(r, "kvm", "icache-not-invalidated")
+    assert (f.pc, f.pa, f.size) == (CODE + 0x48, CODE, PAGE)
+    assert f"{CODE + 0x800:#x}" in f.message and "0xd503201f -> 0xaa1e03e9" in f.message
+
+
+def test_icache_maintenance_of_the_rewritten_line_covers_the_fetch(tmp_path):
+    """DC CVAU + IC IVAU of the line (Linux's caches_clean_inval_pou after
+    aarch64_insn_patch_text_nosync), or IC IALLU, between the write and the fetch: clean."""
+    ivau = {"kind": "ic-inval", "vcpu": 0, "op": "ivau", "pa": CODE + 0x40, "size": 64}
+    cvau = {"kind": "cmo-va", "vcpu": 0, "op": "cvau", "pa": CODE + 0x40, "size": 64}
+    assert not uncovered(run(tmp_path, _rewrite(cvau, ivau)), "icache-not-invalidated")
+    assert not uncovered(run(tmp_path, _rewrite(iallu())), "icache-not-invalidated")
+    other = {**ivau, "pa": CODE + 0x80}            # another line: does not cover this one
+    assert uncovered(run(tmp_path, _rewrite(cvau, other)), "icache-not-invalidated") == \
+        set(POLICIES)
+
+
+def test_a_concurrent_modification_safe_rewrite_or_icache_off_is_not_a_hazard(tmp_path):
+    """The Arm ARM's concurrent modification and execution rule: B, BL, BRK, SVC, HVC, SMC, ISB
+    and NOP may be rewritten into one another and the PE executes the old or the new one
+    (the shim marks such a fetch ok).  With SCTLR_EL1.I clear, fetches are non-cacheable and
+    do not hit stale I-cache lines."""
+    assert not uncovered(run(tmp_path, _rewrite(ok=1)), "icache-not-invalidated")
+    m_and_c = MC_ON & ~I_ON
+    assert not uncovered(run(tmp_path, _rewrite(sctlr_now=m_and_c)), "icache-not-invalidated")

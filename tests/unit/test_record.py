@@ -146,6 +146,32 @@ def test_written_lines_become_guest_writes():
         ("guest-access", page, 128), ("guest-access", page + 320, 64)]
 
 
+def test_write_xor_execute_records_become_a_fetch_the_policy_never_sees():
+    """The observer's cycle on code: a deferred write, the line it changed (with the writer's
+    PC), the fetch (flag fetch, the old and new instruction words) and X given back (s2-perm
+    with observer).  The trace gets the writes and a fetch event; no s2-attr, no exec fault
+    (KVM's world must not see an exec-on-demand grant there)."""
+    conv = ShimTrace([(RAM, 0x100000)], 1, "kvm")
+    page = RAM + 0x5000
+    out = list(conv.convert([
+        ev(1, "s2-fault", pc=0x1000, access="write", ipa=page + 0x48,
+           extra={"deferred": True}),
+        ev(2, "s2-perm", access="write", ipa=page, pa=page, size=4096,
+           extra={"memtype": "normal", "perms": "rwx", "observer": False}),
+        ev(3, "s2-written", el=2, pc=0x1000, access="write", ipa=page, pa=page, size=4096,
+           extra={"lines": 0b10}),
+        ev(4, "s2-fault", pc=page + 0x48, access="exec", ipa=page + 0x48,
+           extra={"fetch": True, "fetch_ok": False, "insn_old": 0xD503201F,
+                  "insn_new": 0xAA1E03E9}),
+        ev(5, "s2-perm", access="exec", ipa=page, pa=page, size=4096,
+           extra={"memtype": "normal", "perms": "rx", "observer": True})]))
+    kinds = [e["kind"] for e in out]
+    assert kinds == ["s2-fault", "s2-attr", "guest-access", "fetch"]
+    assert (out[2]["pa"], out[2]["size"], out[2]["pc"]) == (page + 64, 64, 0x1000)
+    assert out[3] == {"kind": "fetch", "vcpu": 0, "ipa": page + 0x48, "pc": page + 0x48,
+                      "el": 1, "old": 0xD503201F, "new": 0xAA1E03E9}
+
+
 def test_blobs_in_memory_regions_are_placed_by_the_memory_tree():
     """-bios puts the firmware straight into virt.flash0: `info roms` names the region, `info
     mtree -f` says where it is."""

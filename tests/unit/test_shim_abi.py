@@ -94,7 +94,8 @@ def test_record_fast_path_is_the_construct_layout():
     ev = decode_record(4, raw)
     assert (ev.kind, ev.vcpu, ev.access, ev.pc, ev.ipa) == ("s2-fault", 3, "exec",
                                                              0xffff800080001234, 0x40123000)
-    assert ev.extra == {"fsc": 0x0f, "s1ptw": True, "far_valid": True, "deferred": True}
+    assert ev.extra == {"fsc": 0x0f, "s1ptw": True, "far_valid": True, "deferred": True,
+                        "fetch": False, "fetch_ok": False}
 
 
 def test_parameters_are_packed_and_validated():

@@ -79,6 +79,20 @@ void dc_ivac_range(u64 start, u64 size)
     dsb(sy);
 }
 
+/* Make code written at [start, start + size) what instruction fetches see (the Arm ARM's
+ * sequence for self-modifying code: DC CVAU, DSB ISH, IC IVAU, DSB ISH, ISB). */
+void sync_code(u64 start, u64 size)
+{
+    u64 iline = 4UL << (read_sysreg(ctr_el0) & 0xf);
+    for (u64 a = start & ~(dline() - 1); a < start + size; a += dline())
+        __asm__ volatile("dc cvau, %0" : : "r"(a) : "memory");
+    dsb(ish);
+    for (u64 a = start & ~(iline - 1); a < start + size; a += iline)
+        __asm__ volatile("ic ivau, %0" : : "r"(a) : "memory");
+    dsb(ish);
+    isb();
+}
+
 void ic_iallu(void)
 {
     __asm__ volatile("ic iallu" : : : "memory");

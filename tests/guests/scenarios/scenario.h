@@ -30,6 +30,7 @@ void dc_civac_range(u64 start, u64 size);
 void dc_cvac_range(u64 start, u64 size);
 void dc_ivac_range(u64 start, u64 size);
 void ic_iallu(void);
+void sync_code(u64 start, u64 size);     /* DC CVAU, DSB, IC IVAU, DSB, ISB over the range */
 void setway_clean_inval_all(void);       /* DC CISW over every level and set/way */
 void mmu_on(u64 sctlr_bits);             /* identity stage 1 (1 GiB blocks), then SCTLR |= bits */
 void sctlr_set(u64 value);
