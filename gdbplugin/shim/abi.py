@@ -28,6 +28,9 @@ PARAMS_VERSION = 1
 RING_MAGIC = 0x31474E4952433253            # "S2CRING1"
 RING_VERSION = 1
 MAX_VCPUS = 16
+# PF_TRACK_WRITES: the page copies taken from the end of the stage-2 table pool (s2.c)
+SNAP_SLOTS = 256
+SNAP_BYTES = SNAP_SLOTS * 2 * 4096
 
 # struct params: at symbol shim_params (_start - 4 KiB), written by the launcher
 PARAMS = Struct(

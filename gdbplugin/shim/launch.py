@@ -17,7 +17,8 @@ from pathlib import Path
 from elftools.elf.elffile import ELFFile
 
 from ..target.qemu import Loader, QemuConfig
-from .abi import KINDS, PARAM_FLAGS, PARAMS, PARAMS_MAGIC, PARAMS_VERSION, POLICIES, RING_FULL
+from .abi import (KINDS, PARAM_FLAGS, PARAMS, PARAMS_MAGIC, PARAMS_VERSION, POLICIES, RING_FULL,
+                  SNAP_BYTES)
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILD = ROOT / "build" / "shim"
@@ -80,8 +81,9 @@ class ShimImage:
             return (x + a - 1) // a * a
         image = up(self.symbols["_end"] - LINK_BASE, 0x10000)
         ring = up(params.ring_records * 64, 0x10000)
-        pool = up(params.pool_size, 4096) if params.pool_size else up(ram_size // 256 + (1 << 20),
-                                                                      4096)
+        pool = (up(params.pool_size, 4096) if params.pool_size
+                else up(ram_size // 256 + (1 << 20), 4096)) + \
+            (SNAP_BYTES if params.track_writes else 0)
         end = ram_base + ram_size
         base = (end - (image + ring + pool)) // (2 << 20) * (2 << 20)
         return Layout(carve_base=base, carve_size=end - base, guest_ram_end=base,

@@ -397,23 +397,30 @@ static bool fetch_ok(u64 ipa, u64 *words)
 /* The guest invalidates the I-cache for [ipa, ipa + size) (IC IVAU; ~0 size: IC IALLU).
  * Lines written under write-xor-execute before it are recorded before it, and their copy is
  * refreshed, so that a fetch after it checks only what was written after it. */
+static void icache_slot(int i, u64 lo, u64 hi)
+{
+    u64 page = snap_page[i] - 1, leaf_size, *e = leaf_of(page, &leaf_size);
+    if (!e || !(*e & S2_SW_XOK) || !(*e & S2_XN))
+        return;                                     /* not held by write-xor-execute */
+    snap_report(i, page, snap_changed(i, page, lo, hi, true));
+    memcpy(&snap_fetch[i][lo], (const void *)(page + lo), hi - lo);    /* now fetchable */
+}
+
 void s2_icache_maintenance(u64 ipa, u64 size)
 {
     if (!track_writes() || (cfg.flags & PF_BLOCKS))
         return;
     spin_lock(&s2_lock);
-    for (int i = 0; i < SNAP_SLOTS; i++) {
-        u64 page = snap_page[i] - 1;
-        if (!snap_page[i] || (size != ~0UL && (page + PAGE_SIZE <= ipa || page >= ipa + size)))
-            continue;
-        u64 leaf_size, *e = leaf_of(page, &leaf_size);
-        if (!e || !(*e & S2_SW_XOK) || !(*e & S2_XN))
-            continue;                               /* not held by write-xor-execute */
-        u64 lo = size == ~0UL || ipa < page ? 0 : ALIGN_DOWN(ipa - page, 64);
-        u64 hi = size == ~0UL || ipa + size >= page + PAGE_SIZE ? PAGE_SIZE
-                 : ALIGN_UP(ipa + size - page, 64);
-        snap_report(i, page, snap_changed(i, page, lo, hi, true));
-        memcpy(&snap_fetch[i][lo], (const void *)(page + lo), hi - lo);    /* now fetchable */
+    if (size == ~0UL) {
+        for (int i = 0; i < SNAP_SLOTS; i++)
+            if (snap_page[i])
+                icache_slot(i, 0, PAGE_SIZE);
+    } else {                                        /* by VA: one line, inside one page */
+        u64 page = ALIGN_DOWN(ipa, PAGE_SIZE);
+        int i = snap_find(page);
+        u64 hi = ALIGN_UP(ipa + size - page, 64);
+        if (i >= 0)
+            icache_slot(i, ALIGN_DOWN(ipa - page, 64), hi < PAGE_SIZE ? hi : PAGE_SIZE);
     }
     spin_unlock(&s2_lock);
 }

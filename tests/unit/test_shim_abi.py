@@ -42,7 +42,8 @@ def assertions() -> str:
     lines.append(f'_Static_assert(ST_COUNT == {len(abi.STATS)}, "ST_COUNT");')
     for name, value in (("PARAMS_MAGIC", abi.PARAMS_MAGIC), ("RING_MAGIC", abi.RING_MAGIC),
                         ("PARAMS_VERSION", abi.PARAMS_VERSION),
-                        ("RING_VERSION", abi.RING_VERSION), ("MAX_VCPUS", abi.MAX_VCPUS)):
+                        ("RING_VERSION", abi.RING_VERSION), ("MAX_VCPUS", abi.MAX_VCPUS),
+                        ("SNAP_SLOTS", abi.SNAP_SLOTS), ("SNAP_BYTES", abi.SNAP_BYTES)):
         lines.append(f'_Static_assert({name} == {value:#x}UL, "{name}");')
     return "\n".join(lines) + "\n"
 
