@@ -1,6 +1,6 @@
 """The ``s2cache`` command: a thin shell over the library.
 
-Exit codes (DESIGN.md section 7): 0 clean, 1 findings (for ``walk``: malformed tables),
+Exit codes (README.md, per command): 0 clean, 1 findings (for ``walk``: malformed tables),
 2 usage/config/environment error with a one-line message, 3 the target failed mid-run.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Hypervisor cache-maintenance policies (DESIGN.md sections 1 and 3).
+"""Hypervisor cache-maintenance policies (README.md, the model section).
 
 Each policy is one small class of named rules.  A rule id names what the hypervisor does and
 the docstring of the hook that applies it cites the upstream function it mirrors.  Hooks return

@@ -1,4 +1,4 @@
-"""Trace files: ``s2cache.trace/1`` JSON lines (DESIGN.md section 8), read into the columnar form.
+"""Trace files: ``s2cache.trace/1`` JSON lines (schema: gdbplugin/model/events.py; README.md `s2cache replay`), read into the columnar form.
 
 A trace is one header line, ``{"schema": "s2cache.trace/1", "ram": [[base, size], ...],
 "vcpus": N, ...}``, then one event per line, each a JSON object with a strictly increasing

@@ -140,7 +140,7 @@ static void el2_mmu_on(void)
     isb();
 }
 
-/* ---- per-vCPU EL2 registers (DESIGN.md 6b: what QEMU resets kindly and hardware does not) */
+/* ---- per-vCPU EL2 registers (what QEMU resets kindly and hardware does not) */
 static u64 hcr_base;
 
 u64 hcr_for(struct vcpu *v)

@@ -2,7 +2,7 @@
 
 Every command carries a token and we wait for exactly that token's result record, polling
 gdb's output in short slices: pygdbmi's ``write()`` instead waits a fixed 0.2 s per call,
-which would dwarf the ~1 ms a command costs against QEMU (DESIGN.md section 5).  Independent
+which would dwarf the ~1 ms a command costs against QEMU 7.2's gdbstub here.  Independent
 commands can be pipelined (``read_memory_many``) so gdb never waits on Python between them.
 Asynchronous ``*stopped`` records are queued for ``wait_stopped``.
 """

@@ -3,7 +3,8 @@
 QEMU gets private sockets in a work directory: the gdbstub (unix socket, or a 127.0.0.1 TCP
 port), the HMP monitor (driven with pexpect) and optionally the serial console.  Guest RAM is a
 ``memory-backend-file`` with ``share=on``, so Python can mmap it and read guest memory live at
-memory speed instead of through gdb (DESIGN.md section 5).  Nothing listens beyond loopback.
+memory speed instead of through gdb (a memory read through the gdbstub costs ~1 ms).
+Nothing listens beyond loopback.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Report views of a replay: the JSON report (DESIGN.md section 8), the findings table, the
+"""Report views of a replay: the JSON report (README.md `s2cache replay`), the findings table, the
 findings x policies matrix and the coverage-versus-cost table."""
 from __future__ import annotations
 

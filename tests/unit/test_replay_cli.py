@@ -1,4 +1,4 @@
-"""`s2cache replay`: exit codes, JSON report per DESIGN.md section 8, corrupt traces."""
+"""`s2cache replay`: exit codes, the JSON report (gdbplugin/ui/report.py), corrupt traces."""
 from __future__ import annotations
 
 import json
