@@ -447,8 +447,8 @@ class Walker:
         r = self.regime
         if r.fatal:
             return Fault(ia, 0, "translation", r.config_errors[0].message)
-        if (ia & ~r.ia_mask) != r.ia_fill:
-            return Fault(ia, r.start_level, "translation",
+        if (ia & ~r.ia_mask) != r.ia_fill:     # a level-0 fault (VA/IPAIsOutOfRange)
+            return Fault(ia, 0, "translation",
                          f"{ia:#x} is outside the {r.ia_bits}-bit "
                          f"{'upper' if r.upper else 'lower'} range")
         probe = Walker(r, self.mem, max_entries=self.max_entries)
