@@ -251,6 +251,19 @@ class Replay:
         self._emit_pages(det.kind, {name: pages[det.fires(self, w, ctx, pages)]
                                     for name, w in self.worlds.items()}, ctx)
 
+    def judge_at_once(self, trigger: str, ctx: dict, vc: Vcpu, page: int) -> dict:
+        """A trigger about one RAM page, judged now by every detector armed on it; the
+        findings each world got from it."""
+        before = {name: len(w.findings) for name, w in self.worlds.items()}
+        for det in BY_TRIGGER.get(trigger, ()):
+            if det.armed(self, vc, trigger):
+                self.judge(det, ctx, np.array([page], dtype=np.int64))
+        return {name: w.findings[before[name]:] for name, w in self.worlds.items()}
+
+    def _pa_page(self, ipa_page: int) -> int:
+        """The PA page an IPA page is mapped to (identity unless a map said otherwise)."""
+        return self.pa_of_ipa.get(ipa_page, ipa_page)
+
     def _vcpu_of(self, e) -> int | None:
         """The vCPU that issued event ``e``, if any."""
         kind = E.KIND_NAMES[e["kind"]]
@@ -430,7 +443,7 @@ class Replay:
         """A mapped leaf's attributes change.  Its execute permission counts only in the
         observed world: a policy's world decides executability by its own rule."""
         for ipa_page in E.pages(ipa, size):
-            idx = self.ram.page_index(self.pa_of_ipa.get(ipa_page, ipa_page) << PAGE_SHIFT)
+            idx = self.ram.page_index(self._pa_page(ipa_page) << PAGE_SHIFT)
             if idx >= 0:
                 self.memattr[idx] = memattr
                 if OBSERVED in self.worlds and self.mapped[idx]:
@@ -438,8 +451,7 @@ class Replay:
 
     def sysreg_write(self, seq: int, e, reg: str) -> None:
         v, old, new = int(e["vcpu"]), int(e["old"]), int(e["new"])
-        pc = int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None
-        el = int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None
+        pc, el = _pc_el(e)
         self.transitions.append({"vcpu": v, "reg": reg, "old": old, "new": new, "pc": pc,
                                  "seq": seq})
         vc = self.vcpus[v]
@@ -479,27 +491,20 @@ class Replay:
         writes under) data that is not at PoC.  Contiguous pages in a row make one finding."""
         v = int(e["vcpu"])
         vc = self.vcpus[v]
-        ipa_page = int(e["addr"]) >> PAGE_SHIFT
-        idx = self.ram.page_index(self.pa_of_ipa.get(ipa_page, ipa_page) << PAGE_SHIFT)
+        idx = self.ram.page_index(self._pa_page(int(e["addr"]) >> PAGE_SHIFT) << PAGE_SHIFT)
         if idx < 0:
             return
-        pages = np.array([idx], dtype=np.int64)
-        ctx = dict(seq=seq, vcpu=v, pc=int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"]
-                   else None, el=int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"]
-                   else None, sctlr=vc.sctlr)
-        for det in BY_TRIGGER.get("nc-access", ()):
-            if not det.armed(self, vc, "nc-access"):
-                continue
-            before = {name: len(w.findings) for name, w in self.worlds.items()}
-            self.judge(det, ctx, pages)
-            for name, w in self.worlds.items():
-                if len(w.findings) == before[name] + 1 and before[name]:
-                    last, new = w.findings[-2], w.findings[-1]
-                    if (last.kind, last.vcpu, last.covered_by, last.observed) == \
-                            (new.kind, new.vcpu, new.covered_by, new.observed) \
-                            and last.pa + last.size == new.pa:
-                        last.size += new.size
-                        w.findings.pop()
+        pc, el = _pc_el(e)
+        ctx = dict(seq=seq, vcpu=v, pc=pc, el=el, sctlr=vc.sctlr)
+        for name, made in self.judge_at_once("nc-access", ctx, vc, idx).items():
+            w = self.worlds[name]
+            if len(made) == 1 and len(w.findings) > 1:
+                last, new = w.findings[-2], w.findings[-1]
+                if (last.kind, last.vcpu, last.covered_by, last.observed) == \
+                        (new.kind, new.vcpu, new.covered_by, new.observed) \
+                        and last.pa + last.size == new.pa:
+                    last.size += new.size
+                    w.findings.pop()
 
     def fetch(self, seq: int, e) -> None:
         """An observed fetch from rewritten code: the fetched line is checked (the lines
@@ -508,30 +513,23 @@ class Replay:
         v = int(e["vcpu"])
         vc = self.vcpus[v]
         ipa = int(e["addr"])
-        pa = (self.pa_of_ipa.get(ipa >> PAGE_SHIFT, ipa >> PAGE_SHIFT) << PAGE_SHIFT) \
-            | (ipa & (PAGE - 1))
+        pa = (self._pa_page(ipa >> PAGE_SHIFT) << PAGE_SHIFT) | (ipa & (PAGE - 1))
         idx = self.ram.page_index(pa)
         if idx < 0:
             return
-        ctx = dict(seq=seq, vcpu=v, sctlr=vc.sctlr, line=(ipa >> 6) & 63,
-                   ok=bool(e["op"]),
-                   pc=int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None,
-                   el=int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None)
+        pc, el = _pc_el(e)
+        ctx = dict(seq=seq, vcpu=v, pc=pc, el=el, sctlr=vc.sctlr, line=(ipa >> 6) & 63,
+                   ok=bool(e["op"]))
         writer = self.last_writer.get(pa >> PAGE_SHIFT)
         words = (f" (instruction {int(e['old']):#010x} -> {int(e['new']):#010x})"
                  if e["old"] or e["new"] else "")
-        for det in BY_TRIGGER.get("fetch", ()):
-            if not det.armed(self, vc, "fetch"):
-                continue
-            before = {name: len(w.findings) for name, w in self.worlds.items()}
-            self.judge(det, ctx, np.array([idx], dtype=np.int64))
-            for name, w in self.worlds.items():
-                for f in w.findings[before[name]:]:
-                    where = "" if ctx["pc"] is None else f" at pc {ctx['pc']:#x}"
-                    f.message = (f"vCPU {v} fetched line {pa & ~63:#x}{where}{words}, "
-                                 "rewritten since the last I-cache invalidation "
-                                 "covering it" + (f" (written by vCPU {writer[0]} at pc "
-                                                  f"{writer[1]:#x})" if writer else ""))
+        where = "" if pc is None else f" at pc {pc:#x}"
+        for made in self.judge_at_once("fetch", ctx, vc, idx).values():
+            for f in made:
+                f.message = (f"vCPU {v} fetched line {pa & ~63:#x}{where}{words}, rewritten "
+                             "since the last I-cache invalidation covering it"
+                             + (f" (written by vCPU {writer[0]} at pc {writer[1]:#x})"
+                                if writer else ""))
 
     def unobserved_transition(self, ctx: dict, tracked: int, old: int) -> None:
         """The write says SCTLR_EL1 was ``old``; the model last saw ``tracked``: an M, C or I
@@ -570,8 +568,7 @@ class Replay:
             for f in sweep[1]:
                 f.message = f"{op} by set/way: {sweep[0]} operations in this sweep"
             return
-        pc = int(e["pc"]) if e["present"] & E.OPTIONAL_BIT["pc"] else None
-        el = int(e["el"]) if e["present"] & E.OPTIONAL_BIT["el"] else None
+        pc, el = _pc_el(e)
         det = DETECTORS["set-way-op"]
         fires = {name: bool(det.fires(self, w, None, None)) for name, w in self.worlds.items()}
         made = []
@@ -700,7 +697,7 @@ class Replay:
         """RAM page index of each fault's IPA (-1 outside RAM)."""
         ipa_page = (ev["addr"][faults] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         if self.pa_of_ipa:
-            ipa_page = np.array([self.pa_of_ipa.get(p, p) for p in ipa_page.tolist()],
+            ipa_page = np.array([self._pa_page(p) for p in ipa_page.tolist()],
                                 dtype=np.int64)
         return self.ram.page_index(ipa_page.astype(np.uint64) << np.uint64(PAGE_SHIFT))
 
@@ -865,7 +862,7 @@ class Replay:
                     answer_ipa[got] = ipa_page[f]
             if mine.size:
                 i = int(mine[-1])
-                self.last_fault[v] = (*self._fault_ctx(ev, i), int(_access(ev, mine[-1:])[0]),
+                self.last_fault[v] = (*_pc_el(ev[i]), int(_access(ev, mine[-1:])[0]),
                                       int(ipa_page[i]))
         # A fault answered inside the map's range; a fault answered once only.
         m_first = ipa_page[maps]
@@ -881,12 +878,6 @@ class Replay:
             x = ev["access"][f] == E.ACCESS.index("exec")
             self._exec_grants(pages[x], ops=int(np.count_nonzero(x)))
             self.guest_writes(ev["vcpu"][f[~x]].astype(np.int64), pages[~x])
-
-    @staticmethod
-    def _fault_ctx(ev, i: int) -> tuple[int | None, int | None]:
-        present = int(ev["present"][i])
-        return (int(ev["pc"][i]) if present & E.OPTIONAL_BIT["pc"] else None,
-                int(ev["el"][i]) if present & E.OPTIONAL_BIT["el"] else None)
 
     def _exec_grants(self, pages: np.ndarray, ops: int) -> None:
         """Leaves on ``pages`` become executable at an instruction fault: in the worlds of
@@ -1048,6 +1039,13 @@ def _small_unique(values: np.ndarray) -> np.ndarray:
     if not values.size:
         return np.zeros(0, dtype=np.intp)
     return np.flatnonzero(np.bincount(values.astype(np.intp, copy=False)))
+
+
+def _pc_el(e) -> tuple[int | None, int | None]:
+    """(pc, el) of one event row, None where the trace did not give it."""
+    present = int(e["present"])
+    return (int(e["pc"]) if present & E.OPTIONAL_BIT["pc"] else None,
+            int(e["el"]) if present & E.OPTIONAL_BIT["el"] else None)
 
 
 def _known(row) -> tuple[int | None, int | None]:

@@ -223,6 +223,13 @@ static u8 el_of(u64 spsr)
     return (spsr & 0x10) ? 0 : (spsr >> 2) & 3;       /* AArch32 state: EL0 under us */
 }
 
+/* Write-xor-execute holds XN on a leaf the policy made executable (a write since the last
+ * fetch, observation only). */
+static bool wx_held(u64 d)
+{
+    return (d & S2_SW_XOK) && (d & S2_XN);
+}
+
 static u16 perms_of(u64 d)
 {
     return PERM_R | ((d & S2_AP_RW) == S2_AP_RW ? PERM_W : 0) | (d & S2_SW_XOK ? PERM_X : 0);
@@ -234,7 +241,7 @@ static u16 perms_of(u64 d)
  * policy action. */
 static void grant_exec(struct vcpu *v, u64 *e, u64 base, u64 size, u8 el, u64 pc, u8 memtype)
 {
-    if (*e & S2_SW_XOK) {
+    if (wx_held(*e)) {
         u64 cycles = ((*e & S2_SW_WX) >> S2_SW_WX_SHIFT) + 1;
         *e = (*e & ~(S2_XN | S2_AP_RW | S2_SW_WX)) | S2_AP_RO | (cycles << S2_SW_WX_SHIFT);
         tlb_inval_ipa_all(base);
@@ -400,8 +407,8 @@ static bool fetch_ok(u64 ipa, u64 *words)
 static void icache_slot(int i, u64 lo, u64 hi)
 {
     u64 page = snap_page[i] - 1, leaf_size, *e = leaf_of(page, &leaf_size);
-    if (!e || !(*e & S2_SW_XOK) || !(*e & S2_XN))
-        return;                                     /* not held by write-xor-execute */
+    if (!e || !wx_held(*e))
+        return;
     snap_report(i, page, snap_changed(i, page, lo, hi, true));
     memcpy(&snap_fetch[i][lo], (const void *)(page + lo), hi - lo);    /* now fetchable */
 }
@@ -489,12 +496,12 @@ void s2_handle_abort(struct vcpu *v, struct frame *f, u64 esr, bool iabt)
     if (cur && cur_size != PAGE_SIZE)
         cur = NULL;
     u64 words = 0;                      /* a fetch after a write: old << 32 | new word */
-    if (access == A_EXEC && cur && (*cur & S2_XN) &&
-        ((*cur & S2_SW_XOK) || (*cur & S2_AP_RW) == S2_AP_RW)) {
+    if (access == A_EXEC && cur &&
+        (wx_held(*cur) || ((*cur & S2_XN) && (*cur & S2_AP_RW) == S2_AP_RW))) {
         /* a fetch after a write (write-xor-execute), or the policy's exec grant on a page in
          * a write epoch (which ends it): the lines written since the copy (or since the
          * I-cache maintenance that covered them) are recorded before the fault */
-        if (*cur & S2_SW_XOK)
+        if (wx_held(*cur))
             flags |= FAULT_FETCH | (fetch_ok(ipa, &words) ? FAULT_FETCH_OK : 0);
         snap_end(page, false);
     }
@@ -664,7 +671,7 @@ static void wrprotect_leaf(u64 *e, u64 base, u64 size, void *ctx)
     *e = (*e & ~S2_AP_RW) | S2_AP_RO;   /* an observer's XN stays: the next fetch is seen */
     sweep_add(ctx, base, size);
     if (size == PAGE_SIZE)
-        snap_end(base, (*e & S2_SW_XOK) && (*e & S2_XN));
+        snap_end(base, wx_held(*e));
 }
 
 /* Write-protect the RAM leaves in [ipa, ipa + size) (observation only, PF_TRACK_WRITES): the
