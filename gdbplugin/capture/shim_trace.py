@@ -56,7 +56,8 @@ class ShimTrace:
     def __init__(self, ram: list[tuple[int, int]], vcpus: int, policy: str, **header):
         self.ram = sorted(ram)
         self.header = {"ram": [list(r) for r in self.ram], "vcpus": vcpus, "policy": policy,
-                       "source": "shim", "traps_set_way": True, **header}
+                       "source": "shim", "traps_set_way": True,
+                       "hyp_maintenance": "tracked", **header}
         self._held: dict[int, list] = {}           # vcpu -> its trap awaiting maintenance
         self._mapped: set[int] = set()             # RAM pages mapped Normal (for VM flushes)
 

@@ -37,7 +37,7 @@ RAM_KINDS = frozenset({"host-write", "guest-access", "cmo-va", "hyp-maintenance"
 # Address fields checked against the event's size for overflow past 2^64 (by column).
 _SIZED_COLUMNS = ("addr", "pa")
 _HEADER_KEYS = {"schema", "ram", "vcpus", "policy", "source", "hcr", "host_zero_ram", "meta",
-                "writes", "accesses", "cpu", "traps_set_way"}
+                "writes", "accesses", "cpu", "traps_set_way", "hyp_maintenance"}
 # "cpu": the target's cache geometry and identity (integers; "model" a string).
 _CPU_KEYS = {"ctr_el0", "clidr_el1", "midr_el1", "model"}
 _ADDR_END = 1 << 64
@@ -243,6 +243,8 @@ def _check_header(h, line: int = 1) -> _Context:
                           ("writes", lambda v: v in ("tracked", "untracked"),
                            '"tracked" or "untracked"'),
                           ("accesses", lambda v: v in ("tracked", "untracked"),
+                           '"tracked" or "untracked"'),
+                          ("hyp_maintenance", lambda v: v in ("tracked", "untracked"),
                            '"tracked" or "untracked"'),
                           ("cpu", lambda v: type(v) is dict, "an object"),
                           ("meta", lambda v: type(v) is dict, "an object")):
@@ -606,6 +608,30 @@ class TraceWriter:
 
     def write(self, event: dict) -> int:
         """Validate and write one event; return its seq."""
+        seq, _, _, text = self._encode(event)
+        self._put(text)
+        return seq
+
+    def write_many(self, events) -> Trace:
+        """Validate and write events (flushed once, after the last); the events as a Trace
+        of their own (rows and extras indexed from 0), for a consumer that replays them as
+        they are written (gdbplugin/model/engine.py ``Replay.feed``)."""
+        rows, extras, lines = [], {}, []
+        try:
+            for ev in events:
+                _, row, ex, text = self._encode(ev)
+                if ex is not None:
+                    extras[len(rows)] = ex
+                rows.append(row)
+                lines.append(text)
+        finally:
+            if lines:
+                self._put("\n".join(lines))
+        return Trace(self.header, np.array(rows, dtype=EVENT_DTYPE), extras)
+
+    def _encode(self, event: dict) -> tuple[int, tuple, dict | None, str]:
+        """(seq, row, extras, line) of the next event, validated; the line counts as
+        written."""
         if self._f is None:
             raise TraceError(None, "write to a closed TraceWriter")
         line = self.line + 1
@@ -616,10 +642,9 @@ class TraceWriter:
             seq = self._ctx.prev_seq + 1
         ev = {"seq": seq, "kind": event.get("kind")}
         ev.update((k, v) for k, v in event.items() if k not in ev and v is not None)
-        _check_event(ev, self._ctx, line)
-        self._put(_dump(ev))             # valid events hold only ints, strings and bools
+        row, extras, _ = _check_event(ev, self._ctx, line)
         self.line = line
-        return seq
+        return seq, row, extras, _dump(ev)      # valid events hold only ints, strings, bools
 
     def close(self) -> None:
         if self._f is None:

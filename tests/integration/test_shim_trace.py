@@ -60,8 +60,10 @@ def test_observed_maintenance_covers_first_maps(shim, images, policy, tmp_path):
 
 
 def test_replay_cli_on_a_shim_trace(shim, images, tmp_path):
-    """Under the `none` shim nothing was cleaned: no observed world, and replaying under the
-    `none` policy reports the uncovered first maps (exit 1) while `kvm` covers them."""
+    """Under the `none` shim nothing was cleaned: the trace says the shim's maintenance was
+    tracked, so each finding's `observed` is false (the hypervisor did not cover it), and
+    replaying under the `none` policy reports the uncovered first maps (exit 1) while `kvm`
+    covers them."""
     path = tmp_path / "none.jsonl"
     record(shim, images, "none", path)
     out = tmp_path / "r.json"
@@ -71,7 +73,7 @@ def test_replay_cli_on_a_shim_trace(shim, images, tmp_path):
     assert run.returncode == 1, run.stderr
     report = json.loads(out.read_text())
     first = [f for f in report["findings"] if f["kind"] == "first-map-uncached"]
-    assert first and all(f["observed"] is None for f in first)
+    assert first and all(f["observed"] is False for f in first)
     assert {"kvm.clean-on-translation-fault", "fwb.force-write-back"} <= \
         set(first[0]["covered_by"])
     assert report["stage2"]["maps"] > 1000
