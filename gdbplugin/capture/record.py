@@ -5,15 +5,17 @@ consumes events: it waits for the shim's start record (which says the policy the
 ran), writes the trace header (guest memory, vCPUs, policy, CPU cache geometry, whether the
 shim tracked guest writes), then the host writes QEMU made before the guest ran, then every
 converted event, flushing after each batch so a capture that dies keeps what it saw.  ``feed``
-returns the events it wrote, so a live consumer (a streaming replay) gets exactly what the file
-holds.  ``record`` drives a ``ShimSession`` to its console marker through a Recorder.
+returns the events it wrote as a Trace chunk (rows, as the reader would make them), so a live
+consumer (``Replay.feed``, gdbplugin/model/engine.py) gets exactly what the file holds without
+reading it back.  ``record`` drives a ``ShimSession`` to its console marker through a Recorder.
 """
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 from typing import Iterable
 
-from ..model.trace import TraceWriter
+from ..model.trace import Trace, TraceWriter
 from ..shim.abi import PARAM_FLAGS
 from .shim_trace import ShimTrace, loaded_blobs
 
@@ -59,51 +61,52 @@ class Recorder:
         self._cpu_model = cpu_model
         self.writer: TraceWriter | None = None
         self.conv: ShimTrace | None = None
+        self._host_writes: list[dict] = []
         self.written = 0
 
     @property
     def header(self) -> dict | None:
         return self.writer.header if self.writer else None
 
-    def _open(self, start) -> list[dict]:
+    def _open(self, start) -> None:
         keys = header_keys(self._ring_header, start)
         if self._cpu_model:
             keys.setdefault("cpu", {})["model"] = self._cpu_model
         self.conv = ShimTrace(guest_memory(self._ring_header), self._vcpus, **keys)
         self.writer = TraceWriter(self._target, self.conv.header)
-        return self._write(self.conv.host_writes(self._blobs))
+        self._host_writes = list(self.conv.host_writes(self._blobs))
 
-    def _write(self, events: Iterable[dict]) -> list[dict]:
-        out = []
-        for ev in events:
-            ev = dict(ev)
-            ev["seq"] = self.writer.write(ev)
-            out.append(ev)
-        self.written += len(out)
+    def _pending_host_writes(self) -> list[dict]:
+        """QEMU's loads, written once, ahead of the first converted events."""
+        out, self._host_writes = self._host_writes, []
         return out
 
-    def feed(self, ring_events) -> list[dict]:
-        """Convert and write a batch of ring events; the trace events written, in order."""
-        out = []
+    def _write(self, events: Iterable[dict]) -> Trace:
+        chunk = self.writer.write_many(events)
+        self.written += len(chunk)
+        return chunk
+
+    def feed(self, ring_events) -> Trace | None:
+        """Convert and write a batch of ring events; the trace events written, in order (None
+        before the shim's start record)."""
         events = list(ring_events)
         if self.writer is None:
             if not events:
-                return out
+                return None
             if events[0].kind != "shim-start":
                 raise RecordError(f"the ring starts with {events[0].kind!r}, not the shim's "
                                   f"start record: was it read from the beginning?")
-            out += self._open(events[0])
+            self._open(events[0])
             events = events[1:]
-        out += self._write(self.conv.convert(events))
-        return out
+        return self._write(chain(self._pending_host_writes(), self.conv.convert(events)))
 
-    def close(self) -> list[dict]:
-        """Write what the converter still holds and close the file."""
-        out = []
-        if self.writer is not None:
-            out = self._write(self.conv.finish())
-            self.writer.close()
-        return out
+    def close(self) -> Trace | None:
+        """Write what the converter still holds and close the file; those events."""
+        if self.writer is None:
+            return None
+        chunk = self._write(chain(self._pending_host_writes(), self.conv.finish()))
+        self.writer.close()
+        return chunk
 
 
 def record(session, path: str | Path, until: str | None, timeout: float, vcpus: int,

@@ -55,7 +55,7 @@ def _run(config: QemuConfig, shim: bool, timeout: float) -> tuple[float, dict]:
             time.sleep(0.002)
         info = {"cpu": cpu}
         if shim:
-            with RingReader(q.ram_path, base) as ring:
+            with RingReader.from_file(q.ram_path, base) as ring:
                 h = ring.header()
                 info |= {"faults": h.stats["dabt"] + h.stats["iabt"],
                         "events": h.write_index, "overflow": h.overflow,

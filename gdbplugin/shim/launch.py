@@ -283,7 +283,8 @@ class ShimSession:
         from .ring import RingError, RingReader
         if self._ring is None:
             try:
-                self._ring = RingReader(self.qemu.ram_path, self.ram_base, consume=self.consume)
+                self._ring = RingReader.from_file(self.qemu.ram_path, self.ram_base,
+                                                  consume=self.consume)
             except RingError:
                 return None
         return self._ring

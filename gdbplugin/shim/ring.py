@@ -1,4 +1,4 @@
-"""Decoding the shim's event ring from guest RAM (the shared RAM file), live or after the run.
+"""Decoding the shim's event ring from guest RAM, live or after the run.
 
 The layouts and codes are gdbplugin/shim/abi.py (checked against gdbplugin/shim/shim.h).  The ring
 header sits in the shim's bss (symbol ``shim_ring``) in the carve-out at the top of RAM, which
@@ -11,7 +11,6 @@ gdbplugin/model/events.py: kind, vcpu, pc, el, ipa, pa, size, access, esr, reg, 
 """
 from __future__ import annotations
 
-import mmap
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,6 +18,8 @@ from typing import Iterator
 
 import numpy as np
 
+from ..target.errors import TargetError
+from ..target.physmem import SharedRam
 from .abi import (ACCESS, CMO_FLAGS, DIAGS, FAULT_FLAGS, FW_CFG_CONTROL, GUEST_CMO_OPS, HEADER_SIZE,
                   IC_OPS, KINDS, MAX_VCPUS, MEMTYPES, PERMS, POLICIES, RECORD_FORMAT,
                   RECORD_SIZE, RING_FULL, RING_HEADER, RING_MAGIC, RING_VERSION, RULES,
@@ -218,44 +219,61 @@ class RingHeader:
 
 
 class RingReader:
-    """The ring in a QEMU RAM file (``memory-backend-file``), readable while QEMU runs and
-    after it exited.  ``ram_base``: PA of the file's first byte.  ``header_pa``: where the
-    header is, if known (else found by its magic on a page boundary, top of RAM first)."""
+    """The ring in guest RAM, read through ``mem`` (gdbplugin/target/physmem.py: the shared RAM
+    file, ``/proc/<qemu-pid>/mem`` or gdb physical reads), while QEMU runs and, for the RAM
+    file, after it exited.  ``base``, ``size``: the guest RAM range to search.  ``header_pa``:
+    where the header is, if known (else found by its magic on a page boundary, top of RAM
+    first).  ``consume`` writes the read index back (``mem`` must be writable)."""
 
-    def __init__(self, ram_path: str | Path, ram_base: int, *, header_pa: int | None = None,
+    SCAN = 2 << 20                         # bytes read per step of the search
+
+    def __init__(self, mem, base: int, size: int, *, header_pa: int | None = None,
                  consume: bool = False):
-        self.ram_base = ram_base
+        self.mem = mem
+        self.ram_base, self.size = base, size
         self.consume = consume
-        f = open(ram_path, "r+b" if consume else "rb")
-        try:
-            self._map = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_WRITE if consume
-                                  else mmap.ACCESS_READ)
-        finally:
-            f.close()
-        self.size = len(self._map)
         self.header_pa = header_pa if header_pa is not None else self.find()
         if self.header_pa is None:
             raise RingError("no shim ring in guest RAM (has the shim started?)")
         self.next = 0                      # index of the next record to decode
         self.lost = 0                      # records overwritten before we read them
 
+    @classmethod
+    def from_file(cls, ram_path: str | Path, ram_base: int, *, consume: bool = False,
+                  header_pa: int | None = None) -> "RingReader":
+        """The ring in a QEMU RAM file (``memory-backend-file``) whose first byte is at PA
+        ``ram_base``."""
+        try:
+            mem = SharedRam(ram_path, ram_base, writable=consume)
+        except TargetError as exc:
+            raise RingError(str(exc)) from None
+        return cls(mem, ram_base, mem.size, header_pa=header_pa, consume=consume)
+
     def find(self) -> int | None:
         """PA of the ring header (magic on a 4 KiB boundary whose shim_base field points
-        into RAM at a 2 MiB boundary below it), highest first."""
-        words = np.frombuffer(self._map, dtype="<u8")
-        pages = words[::HEADER_SIZE // 8]
-        for idx in np.flatnonzero(pages == RING_MAGIC)[::-1]:
-            off = int(idx) * HEADER_SIZE
-            base = int(words[(off + _SHIM_BASE) // 8])
-            if base % (2 << 20) == 0 and self.ram_base <= base <= self.ram_base + off:
-                return self.ram_base + off
+        into RAM at a 2 MiB boundary below it), highest first: the shim's carve-out is at the
+        top of RAM, so the search reads little of it."""
+        end = self.size
+        while end > 0:
+            start = max(0, end - self.SCAN)
+            words = np.frombuffer(self._read(self.ram_base + start, end - start), dtype="<u8")
+            pages = words[::HEADER_SIZE // 8]
+            for idx in np.flatnonzero(pages == RING_MAGIC)[::-1]:
+                off = int(idx) * HEADER_SIZE
+                base = int(words[(off + _SHIM_BASE) // 8])
+                pa = self.ram_base + start + off
+                if base % (2 << 20) == 0 and self.ram_base <= base <= pa:
+                    return pa
+            end = start
         return None
 
     def _read(self, pa: int, n: int) -> bytes:
-        off = pa - self.ram_base
-        if off < 0 or off + n > self.size:
-            raise RingError(f"{pa:#x}+{n:#x} is outside the RAM file")
-        return self._map[off:off + n]
+        if pa < self.ram_base or pa + n > self.ram_base + self.size:
+            raise RingError(f"{pa:#x}+{n:#x} is outside guest RAM")
+        try:
+            return self.mem.read(pa, n)
+        except TargetError as exc:
+            raise RingError(str(exc)) from None
 
     def header(self) -> RingHeader:
         return RingHeader.parse(self.header_pa, self._read(self.header_pa, HEADER_SIZE))
@@ -269,23 +287,33 @@ class RingReader:
                 int.from_bytes(hdr[_WRITE_INDEX:], "little"))
 
     def poll(self, limit: int | None = None) -> list[Event]:
-        """Every new complete record (in order), up to ``limit``."""
+        """Every new complete record (in order), up to ``limit``; the records are read in at
+        most two reads (the ring wraps), which matters when each read is a syscall or a gdb
+        round trip."""
         capacity, records, write = self._indices()
         events = []
         if write - self.next > capacity:           # only possible if someone else consumed
             self.lost += write - self.next - capacity
             self.next = write - capacity
-        while self.next < write and (limit is None or len(events) < limit):
+        want = write - self.next if limit is None else min(write - self.next, limit)
+        while want > 0:
             slot = self.next % capacity
-            raw = self._read(records + slot * RECORD_SIZE, RECORD_SIZE)
-            seq = int.from_bytes(raw[:8], "little")
-            if seq != self.next + 1:
-                break                              # being written: next poll
-            events.append(decode_record(self.next, raw))
-            self.next += 1
+            count = min(want, capacity - slot)
+            raw = self._read(records + slot * RECORD_SIZE, count * RECORD_SIZE)
+            for k in range(count):
+                rec = raw[k * RECORD_SIZE:(k + 1) * RECORD_SIZE]
+                if int.from_bytes(rec[:8], "little") != self.next + 1:
+                    want = 0                       # being written: next poll
+                    break
+                events.append(decode_record(self.next, rec))
+                self.next += 1
+            else:
+                want -= count
         if self.consume and events:
-            off = self.header_pa - self.ram_base + _READ_INDEX
-            self._map[off:off + 8] = self.next.to_bytes(8, "little")
+            try:
+                self.mem.write(self.header_pa + _READ_INDEX, self.next.to_bytes(8, "little"))
+            except TargetError as exc:
+                raise RingError(str(exc)) from None
         return events
 
     def follow(self, done, interval: float = 0.01) -> Iterator[Event]:
@@ -300,7 +328,7 @@ class RingReader:
                 time.sleep(interval)
 
     def close(self) -> None:
-        self._map.close()
+        self.mem.close()
 
     def __enter__(self) -> "RingReader":
         return self

@@ -402,15 +402,18 @@ static bool fetch_ok(u64 ipa, u64 *words)
 }
 
 /* The guest invalidates the I-cache for [ipa, ipa + size) (IC IVAU; ~0 size: IC IALLU).
- * Lines written under write-xor-execute before it are recorded before it, and their copy is
- * refreshed, so that a fetch after it checks only what was written after it. */
+ * Lines written before it in an open epoch (code under write-xor-execute, or a page written
+ * with the caches off) are recorded before it and their recorded copy refreshed: a write
+ * reported only at the epoch's end would look as if it came after the invalidation.  For
+ * code, a fetch after it then checks only what was written after it. */
 static void icache_slot(int i, u64 lo, u64 hi)
 {
     u64 page = snap_page[i] - 1, leaf_size, *e = leaf_of(page, &leaf_size);
-    if (!e || !wx_held(*e))
+    if (!e)
         return;
     snap_report(i, page, snap_changed(i, page, lo, hi, true));
-    memcpy(&snap_fetch[i][lo], (const void *)(page + lo), hi - lo);    /* now fetchable */
+    if (wx_held(*e))
+        memcpy(&snap_fetch[i][lo], (const void *)(page + lo), hi - lo);    /* now fetchable */
 }
 
 void s2_icache_maintenance(u64 ipa, u64 size)

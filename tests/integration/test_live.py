@@ -1,0 +1,148 @@
+"""Live sessions (gdbplugin/capture/live.py) on real QEMU: the scenario guests of
+tests/guests/scenarios under the shim, every policy, watched while they run.
+
+What is checked, per guest and policy: the findings published while the guest ran are the
+ones a replay of the trace it wrote gives (same kinds, events and pages, in order), the
+scenario's hazard is found with no maintenance and its clean twin shows none of it there; and
+the ring was read through the path the session says.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gdbplugin.capture.live import LiveSession
+from gdbplugin.model.engine import Replay
+from gdbplugin.model.hazards import INFO_KINDS
+from gdbplugin.model.trace import read_trace
+from gdbplugin.shim.launch import ShimParams, ShimSession, shim_config
+from gdbplugin.shim.ring import RingReader
+from gdbplugin.target.locate import pid_listening
+from gdbplugin.target.physmem import open_ram
+from gdbplugin.target.qemu import Loader
+
+pytestmark = pytest.mark.qemu
+
+ROOT = Path(__file__).resolve().parents[2]
+SCENARIOS = ROOT / "build" / "shim" / "scenarios"
+BUF, BLOB, CODE, DMA_BUF = 0x4100_0000, 0x4110_0000, 0x4120_0000, 0x4130_0000
+# Each scenario's hazard and the page it plants it on (tests/guests/scenarios/README.md); None:
+# a hazard about no page.
+HAZARDS = {"first_map_uncached": ("first-map-uncached", BLOB),
+           "stage1_enable_stale": ("stage1-enable-stale", BUF),
+           "caches_off_after_boot": ("caches-off-after-boot", BUF),
+           "set_way_op": ("set-way-op", None),
+           "icache_not_invalidated": ("icache-not-invalidated", CODE),
+           "code_rewritten": ("icache-not-invalidated", CODE),
+           "mismatched_alias": ("mismatched-alias", DMA_BUF),
+           "smp_mmu_off_window": ("smp-mmu-off-window", None)}
+POLICIES = ["none", "rfc2013", "kvm", "xen", "fwb"]
+
+
+@pytest.fixture(scope="module")
+def blob(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("live") / "blob.bin"
+    path.write_bytes(bytes(range(256)) * 16)
+    return path
+
+
+class Collect:
+    """A view that keeps what it was shown."""
+
+    def __init__(self):
+        self.findings, self.transitions, self.updates, self.result = [], [], 0, None
+
+    def finding(self, session, f):
+        self.findings.append(f)
+
+    def transition(self, session, t):
+        self.transitions.append(t)
+
+    def progress(self, session):
+        self.updates += 1
+
+    def ended(self, session, result):
+        self.result = result
+
+
+def watch(shim, blob, name, policy, tmp_path, drain="file"):
+    """Run scenario ``name`` under the shim's ``policy`` with a live session; (view, session,
+    trace path)."""
+    smp = 2 if name.startswith("smp") else 1
+    params = ShimParams(policy=policy, poweroff_on_fatal=True, trap_cmo=True, observe=2)
+    config = shim_config(SCENARIOS / f"{name}.bin", params, shim=shim, smp=smp, paused=True)
+    config.loaders.append(Loader(file=blob, addr=BLOB, force_raw=True))
+    if drain != "file":
+        # Guest RAM through /proc dies with QEMU: keep it after the guest's SYSTEM_OFF.
+        config.extra = [*config.extra, "-no-shutdown"]
+    view = Collect()
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    trace = tmp_path / f"{name}-{policy}.jsonl"
+    with ShimSession(config, shim) as s:
+        q = s.qemu
+        if drain == "file":
+            access, _ = open_ram(s.ram_base, q.ram_size, ram_file=q.ram_path, writable=True)
+        else:   # as for a QEMU started by hand: its pid from the gdb socket, gpa2hva
+            pid = pid_listening(q.gdb_address)
+            assert pid == q.pid
+            access, skipped = open_ram(s.ram_base, q.ram_size, pid=pid, monitor=q.monitor,
+                                       writable=True)
+            assert skipped == ["no shared RAM file given"]
+        live = LiveSession(lambda: RingReader(access.mem, access.base, access.size,
+                                              consume=True),
+                           vcpus=smp, trace=trace, drain=access.path,
+                           info_roms=q.monitor("info roms"),
+                           info_mtree=q.monitor("info mtree -f"), views=[view])
+        q.monitor("cont")
+        if drain == "file":
+            live.run(lambda: s.returncode is not None, interval=0.005)
+        else:
+            live.run(lambda: "shutdown" in q.monitor("info status"), interval=0.005)
+        result = live.close()
+        assert f"SCENARIO-DONE {name}" in s.console(), s.console()
+        assert live.ring.lost == 0 and live.ring.header().overflow == 0
+    assert result is view.result is not None
+    return view, live, trace
+
+
+def replayed(trace: Path, policy: str) -> list:
+    t = read_trace(trace)
+    return Replay(t.header).run(t).findings(policy)
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("name", sorted(HAZARDS))
+def test_live_findings_equal_the_replay_of_what_was_recorded(shim, blob, tmp_path, name,
+                                                              policy):
+    view, live, trace = watch(shim, blob, name, policy, tmp_path)
+    assert live.policy == policy and live.drain == "shared RAM file"
+    assert [f.as_dict() for f in view.findings] == \
+        [f.as_dict() for f in replayed(trace, policy)]
+    assert view.transitions == live.result.transitions and view.updates > 0
+    twin_view, twin, _ = watch(shim, blob, f"{name}_clean", policy, tmp_path)
+    # The hazard the scenario plants is found on its page where nothing maintains the
+    # caches; the clean twin's maintenance removes it there.
+    kind, page = HAZARDS[name]
+
+    def planted(result):
+        return [f for f in result.findings("none") if f.kind == kind and
+                (page is None or f.pa is not None and f.pa <= page < f.pa + f.size)]
+    assert planted(live.result)
+    if kind not in INFO_KINDS:    # the SMP window is a report of every boot, not a hazard
+        assert planted(twin.result) == []
+    assert [f.as_dict() for f in twin_view.findings] == \
+        [f.as_dict() for f in twin.result.findings(policy)]
+
+
+@pytest.mark.parametrize("name", ["first_map_uncached", "code_rewritten"])
+def test_proc_mem_path_records_the_same_trace(shim, blob, tmp_path, name):
+    """Attached to a QEMU without its RAM file (found by its gdb socket, RAM through
+    /proc/<pid>/mem at gpa2hva's address): the trace equals the fast path's, event for event
+    (seq and kind; addresses are the guest's own and identical)."""
+    _, fast, fast_trace = watch(shim, blob, name, "kvm", tmp_path / "fast")
+    _, slow, slow_trace = watch(shim, blob, name, "kvm", tmp_path / "slow", drain="proc")
+    assert slow.drain == "/proc/<qemu-pid>/mem"
+    a, b = read_trace(fast_trace), read_trace(slow_trace)
+    assert a.header == b.header
+    assert a.to_dicts() == b.to_dicts()
