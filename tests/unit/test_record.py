@@ -31,6 +31,11 @@ def ev(seq, kind, vcpu=0, **kw):
     return Event(seq=seq, kind=kind, vcpu=vcpu, el=kw.pop("el", 1), **kw)
 
 
+def dicts(chunk):
+    """The events a Recorder call wrote, as the file's lines (None: nothing was written)."""
+    return [] if chunk is None else chunk.to_dicts()
+
+
 def start(seq=0, policy="kvm"):
     return ev(seq, "shim-start", vcpu=None, el=2, extra={"policy": policy, "requested": "fwb"})
 
@@ -67,9 +72,9 @@ def test_recorder_writes_header_host_writes_and_ordered_events():
     buf = io.StringIO()
     rec = Recorder(buf, header(flags=PARAM_FLAGS.ids["track_writes"], cpu={"ctr_el0": 0x8444c004}), 1,
                    ROMS, "cortex-a72")
-    out = rec.feed(boot()[:5])
-    out += rec.feed(boot()[5:])
-    out += rec.close()
+    out = dicts(rec.feed(boot()[:5]))
+    out += dicts(rec.feed(boot()[5:]))
+    out += dicts(rec.close())
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     head = lines[0]
     # The policy the shim ran (its start record), not the one requested; flash is memory.
@@ -116,7 +121,7 @@ def test_recorder_needs_the_start_record_first():
 def test_nothing_written_before_the_start_record():
     buf = io.StringIO()
     rec = Recorder(buf, header(), 1)
-    assert rec.feed([]) == [] and buf.getvalue() == "" and rec.header is None
+    assert rec.feed([]) is None and buf.getvalue() == "" and rec.header is None
 
 
 def test_blobs_are_clipped_to_guest_memory():
@@ -183,3 +188,205 @@ def test_blobs_in_memory_regions_are_placed_by_the_memory_tree():
     assert loaded_blobs(roms, mtree) == [(0, 0x200000, "QEMU_EFI.fd"),
                                          (RAM, 0x100000, "dtb")]
     assert loaded_blobs(roms) == [(RAM, 0x100000, "dtb")]
+
+
+# ---------------------------------------------------------------------------------------------
+# guest_memory / header_keys
+
+from gdbplugin.capture.record import guest_memory, header_keys, record  # noqa: E402
+
+
+def test_guest_memory_is_ram_below_the_carve_out_plus_mapped_flash():
+    """Guest memory is [ram_base, ram_end) (the guest-visible RAM, the shim's carve-out
+    excluded) and each flash window the shim maps; unused rom slots (size 0) are none."""
+    h = header(rom=[(0, 0x400_0000), (0x400_0000, 0x400_0000), (0, 0)])
+    assert guest_memory(h) == [(RAM, END - RAM), (0, 0x400_0000), (0x400_0000, 0x400_0000)]
+    h = SimpleNamespace(ram_base=RAM, ram_end=END)         # a header without flash windows
+    assert guest_memory(h) == [(RAM, END - RAM)]
+
+
+def test_header_keys_policy_is_what_the_shim_ran():
+    """fwb without FEAT_S2FWB runs kvm: the start record's policy wins over the one asked
+    for; a start record without one falls back to the ring header's effective policy."""
+    assert header_keys(header(), start(policy="xen"))["policy"] == "xen"
+    no_policy = ev(0, "shim-start", vcpu=None, el=2, extra={"policy": None})
+    assert header_keys(header(), no_policy)["policy"] == "kvm"
+
+
+def test_header_keys_tracking_flags_are_read_separately():
+    """PF_TRACK_WRITES and PF_TRACK_ACCESS each say one thing: the trace header's writes and
+    accesses say tracked exactly when their own flag was set."""
+    w, a = PARAM_FLAGS.ids["track_writes"], PARAM_FLAGS.ids["track_access"]
+    other = PARAM_FLAGS.ids["trap_cmo"] | PARAM_FLAGS.ids["blocks"]
+    for flags, writes, accesses in ((0, "untracked", "untracked"),
+                                    (other, "untracked", "untracked"),
+                                    (w, "tracked", "untracked"),
+                                    (a, "untracked", "tracked"),
+                                    (w | a | other, "tracked", "tracked")):
+        keys = header_keys(header(flags=flags), start())
+        assert (keys["writes"], keys["accesses"]) == (writes, accesses), flags
+
+
+def test_header_keys_cpu_keeps_only_registers_read():
+    """The CPU's ID registers as the ring header holds them; a register left 0 was not read
+    and is left out, and no register at all means no cpu key."""
+    keys = header_keys(header(cpu={"ctr_el0": 0x8444c004, "clidr_el1": 0, "midr_el1": 0x410fd083}),
+                       start())
+    assert keys["cpu"] == {"ctr_el0": 0x8444c004, "midr_el1": 0x410fd083}
+    assert "cpu" not in header_keys(header(cpu={"ctr_el0": 0}), start())
+    assert "cpu" not in header_keys(SimpleNamespace(flags=0, policy_effective="kvm"), start())
+    assert set(header_keys(header(), start())) == {"policy", "writes", "accesses"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Recorder
+
+def test_cpu_model_alone_makes_a_cpu_key():
+    """The -cpu name is kept in the header even when the ring read no cache registers."""
+    buf = io.StringIO()
+    rec = Recorder(buf, header(), 2, cpu_model="max")
+    rec.feed([start()])
+    head = json.loads(buf.getvalue().splitlines()[0])
+    assert head["cpu"] == {"model": "max"} and head["vcpus"] == 2
+    assert rec.header == head
+    assert head["writes"] == "untracked" and head["accesses"] == "untracked"
+    assert head["source"] == "shim"
+
+
+def test_no_cpu_model_no_cpu_key():
+    """Without a -cpu name and without registers the header has no cpu key."""
+    buf = io.StringIO()
+    Recorder(buf, header(), 1).feed([start()])
+    assert "cpu" not in json.loads(buf.getvalue().splitlines()[0])
+
+
+def test_mtree_places_region_blobs_as_host_writes():
+    """A blob QEMU put into a memory region (-bios into virt.flash0) is a host load at the
+    region's address, given info mtree."""
+    buf = io.StringIO()
+    rec = Recorder(buf, header(), 1, 'virt.flash0 size=0x1000 name="QEMU_EFI.fd"\n',
+                   info_mtree="  0000000000000000-0000000003ffffff (prio 0, romd): virt.flash0\n")
+    out = dicts(rec.feed([start()]))
+    assert out == [{"seq": 0, "kind": "host-write", "pa": 0, "size": 0x1000, "source": "load"}]
+
+
+def test_events_written_get_consecutive_seqs_and_are_counted():
+    """Each event written gets the next seq (from 0), feed returns the events with it, and
+    written counts every event written, host writes and held events included."""
+    buf = io.StringIO()
+    rec = Recorder(buf, header(), 1, ROMS)
+    out = dicts(rec.feed([start(), ev(1, "vcpu-start", pc=KERNEL)]))
+    out += dicts(rec.feed([ev(2, "s2-map", ipa=KERNEL, pa=KERNEL, size=4096,
+                        extra={"memtype": "normal", "perms": "rw"})]))
+    assert rec.written == len(out) == 4                 # 3 loads, vcpu-on; the map is held
+    tail = dicts(rec.close())
+    assert [e["kind"] for e in tail] == ["s2-map"]
+    assert rec.written == 5
+    assert [e["seq"] for e in out + tail] == list(range(5))
+    assert [json.loads(x)["seq"] for x in buf.getvalue().splitlines()[1:]] == list(range(5))
+
+
+def test_feed_after_the_start_converts_every_event_of_the_batch():
+    """Only the very first record is the start record: later batches are converted whole,
+    their first event included."""
+    buf = io.StringIO()
+    rec = Recorder(buf, header(), 1)
+    assert dicts(rec.feed([start()])) == []
+    out = dicts(rec.feed([ev(1, "vcpu-start", pc=KERNEL), ev(2, "vcpu-start", pc=KERNEL + 4)]))
+    assert [(e["kind"], e["pc"]) for e in out] == [("vcpu-on", KERNEL), ("vcpu-on", KERNEL + 4)]
+    assert dicts(rec.feed([])) == []
+
+
+def test_recorder_names_the_first_record_when_it_is_not_the_start():
+    """A ring read from the middle cannot be a trace: the error names the record found."""
+    with pytest.raises(RecordError, match=r"starts with 'vcpu-start'"):
+        Recorder(io.StringIO(), header(), 1).feed([ev(1, "vcpu-start")])
+
+
+def test_close_without_a_start_writes_nothing_and_close_closes_a_path(tmp_path):
+    """Closing a recorder that never saw the start writes nothing; closing one that wrote to
+    a path leaves a complete, readable trace (file closed)."""
+    rec = Recorder(io.StringIO(), header(), 1)
+    assert rec.close() is None
+    path = tmp_path / "t.jsonl"
+    rec = Recorder(path, header(), 1)
+    rec.feed([start(), ev(1, "sysreg-write", reg="SCTLR_EL1", old=0, new=1)])
+    rec.close()
+    assert rec.writer._f is None
+    trace = read_trace(path)
+    assert [trace.event_dict(i)["kind"] for i in range(len(trace))] == ["sysreg-write"]
+
+
+# ---------------------------------------------------------------------------------------------
+# record(): a ShimSession driven through a Recorder
+
+class FakeQemu:
+    def __init__(self):
+        self.asked = []
+
+    def monitor(self, cmd):
+        self.asked.append(cmd)
+        return {"info roms": ROMS + 'virt.flash1 size=0x1000 name="vars"\n',
+                "info mtree -f": "  0000000004000000-0000000007ffffff (prio 0, romd): "
+                                 "virt.flash1\n"}[cmd]
+
+
+class FakeSession:
+    """What record() uses of a ShimSession: its QEMU monitor, the ring header, and wait(),
+    which hands the ring's batches to ``sink`` and returns why it stopped."""
+
+    def __init__(self, batches, why="match", fail=None):
+        self.qemu = FakeQemu()
+        self.batches, self.why, self.fail = batches, why, fail
+        self.waited = None
+
+    def header(self):
+        return header(cpu={"ctr_el0": 0x8444c004}, rom=[(0, 0x400_0000), (0x400_0000, 0x400_0000)])
+
+    def wait(self, until, timeout, sink):
+        self.waited = (until, timeout)
+        for b in self.batches:
+            sink(b)
+        if self.fail:
+            raise self.fail
+        return self.why
+
+
+def test_record_writes_the_whole_run_and_says_why_it_stopped(tmp_path):
+    """record() asks QEMU for its loads and memory tree, waits for the marker, writes every
+    batch and closes the trace (held events out); it returns why the wait ended."""
+    path = tmp_path / "t.jsonl"
+    s = FakeSession([boot()[:4], boot()[4:]], why="exit")
+    why, rec = record(s, path, "All CPU", 30.0, 1, cpu_model="cortex-a57")
+    assert why == "exit" and s.waited == ("All CPU", 30.0)
+    assert s.qemu.asked == ["info roms", "info mtree -f"]
+    trace = read_trace(path)
+    assert trace.header["cpu"] == {"ctr_el0": 0x8444c004, "model": "cortex-a57"}
+    kinds = [trace.event_dict(i)["kind"] for i in range(len(trace))]
+    assert kinds[-1] == "s2-map" and len(trace) == rec.written
+    assert rec.writer._f is None
+    # QEMU_EFI.fd was loaded at 0; "vars" went into virt.flash1, placed by the memory tree.
+    assert trace.event_dict(0) == {"seq": 0, "kind": "host-write", "pa": 0, "size": 0x200000,
+                                   "source": "load"}
+    assert trace.event_dict(1) == {"seq": 1, "kind": "host-write", "pa": 0x400_0000,
+                                   "size": 0x1000, "source": "load"}
+
+
+def test_record_closes_the_trace_when_the_wait_fails(tmp_path):
+    """A capture that dies keeps what it saw: the trace is closed (held events written)
+    before the error propagates."""
+    path = tmp_path / "t.jsonl"
+    s = FakeSession([[start(), ev(1, "sysreg-write", reg="SCTLR_EL1", old=0, new=1)]],
+                    fail=TimeoutError("qemu died"))
+    with pytest.raises(TimeoutError):
+        record(s, path, None, 1.0, 1)
+    trace = read_trace(path)
+    assert trace.event_dict(len(trace) - 1)["kind"] == "sysreg-write"
+
+
+def test_record_without_a_ring_is_an_error(tmp_path):
+    """No batch ever came: the shim never started its ring, nothing was written."""
+    path = tmp_path / "t.jsonl"
+    with pytest.raises(RecordError, match=r"^the shim never started its ring"):
+        record(FakeSession([]), path, None, 1.0, 1)
+    assert not path.exists()

@@ -574,3 +574,498 @@ def test_fuzz_arbitrary_bytes_as_a_line(data, newline):
         except TraceError as e:
             assert str(e).startswith("line ") and "\n" not in str(e)
             assert "internal error" not in str(e)
+
+
+# ---------------------------------------------------------------------------------------------
+# The header, key by key: every problem is one line naming line 1 and the key.
+
+HEADER_ERRORS = {
+    # name: (header, fragment naming what is wrong)
+    "seq-only-event": ({"seq": 0, "vcpu": 0}, "the first line is an event"),
+    "kind-only-event": ({"kind": "vcpu-on"}, "the first line is an event"),
+    "schema-not-str": ({**HEADER, "schema": 1}, "not an s2cache trace"),
+    "schema-prefix-only": ({**HEADER, "schema": "s2cache.trace"}, "not an s2cache trace"),
+    "vcpus-too-many": ({**HEADER, "vcpus": (1 << 32) + 1}, "\"vcpus\" must be"),
+    "vcpus-str": ({**HEADER, "vcpus": "2"}, "\"vcpus\" must be"),
+    "vcpus-null": ({**HEADER, "vcpus": None}, "\"vcpus\" is required"),
+    "ram-not-list": ({**HEADER, "ram": {"base": 0}}, "\"ram\" must be a non-empty list"),
+    "ram-empty": ({**HEADER, "ram": []}, "\"ram\" must be a non-empty list"),
+    "ram-pair-not-list": ({**HEADER, "ram": [[0, 1], 5]}, "ram[1]"),
+    "ram-pair-short": ({**HEADER, "ram": [[0]]}, "ram[0]"),
+    "ram-base-negative": ({**HEADER, "ram": [[-1, 1]]}, "ram[0]"),
+    "ram-size-too-big": ({**HEADER, "ram": [[0, 1 << 64]]}, "ram[0]"),
+    "ram-base-bool": ({**HEADER, "ram": [[True, 1]]}, "ram[0]"),
+    "ram-size-str": ({**HEADER, "ram": [[0, "1"]]}, "ram[0]"),
+    "ram-second-size-0": ({**HEADER, "ram": [[0, 1], [16, 0]]}, "ram[1] has size 0"),
+    "ram-second-past-end": ({**HEADER, "ram": [[0, 1], [U64_MAX, 2]]}, "ram[1]"),
+    "ram-overlap-third": ({**HEADER, "ram": [[0, 16], [32, 16], [40, 1]]}, "overlap"),
+    "policy": ({**HEADER, "policy": 1}, "\"policy\" must be a string"),
+    "source": ({**HEADER, "source": ["shim"]}, "\"source\" must be a string"),
+    "hcr-big": ({**HEADER, "hcr": 1 << 64}, "\"hcr\" must be"),
+    "hcr-str": ({**HEADER, "hcr": "0x80000000"}, "\"hcr\" must be"),
+    "traps_set_way": ({**HEADER, "traps_set_way": "yes"}, "\"traps_set_way\" must be true"),
+    "writes": ({**HEADER, "writes": "yes"}, "\"writes\" must be \"tracked\" or"),
+    "accesses": ({**HEADER, "accesses": True}, "\"accesses\" must be \"tracked\" or"),
+    "cpu": ({**HEADER, "cpu": [1]}, "\"cpu\" must be an object"),
+    "meta": ({**HEADER, "meta": "qemu 7.2"}, "\"meta\" must be an object"),
+    "cpu-unknown": ({**HEADER, "cpu": {"ctr": 1}}, "cpu: unknown key \"ctr\""),
+    "cpu-model-int": ({**HEADER, "cpu": {"model": 57}}, "cpu.model must be a string"),
+    "cpu-reg-str": ({**HEADER, "cpu": {"ctr_el0": "0x8444c004"}},
+                    "cpu.ctr_el0 must be an integer"),
+    "cpu-reg-negative": ({**HEADER, "cpu": {"midr_el1": -1}}, "cpu.midr_el1 must be an integer"),
+}
+
+
+@pytest.mark.parametrize("name", list(HEADER_ERRORS))
+def test_bad_header_is_one_line_naming_the_key(tmp_path, name):
+    """A header the reader cannot trust is refused at line 1 with the key at fault named, by
+    the reader and by the writer alike (they validate with the same rules)."""
+    h, fragment = HEADER_ERRORS[name]
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(h)])
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    assert ei.value.line == 1 and "\n" not in str(ei.value)
+    assert fragment in str(ei.value), str(ei.value)
+    if "schema" in h:               # (the writer adds a missing schema itself)
+        with pytest.raises(TraceError) as ei:
+            TraceWriter(io.StringIO(), h)
+        assert ei.value.line == 1 and fragment in str(ei.value), str(ei.value)
+
+
+def test_every_documented_header_key_is_accepted(tmp_path):
+    """The header keys of the format, each with a valid value, and the edges of the ranges:
+    2^32 vCPUs, RAM ending exactly at 2^64, ranges that touch without overlapping."""
+    h = {"schema": SCHEMA, "ram": [[U64_MAX, 1], [0, 16], [16, 16]], "vcpus": 1 << 32,
+         "policy": "kvm", "source": "shim", "hcr": U64_MAX, "host_zero_ram": False,
+         "traps_set_way": True, "writes": "tracked", "accesses": "untracked",
+         "cpu": {"ctr_el0": 0x8444c004, "clidr_el1": 0, "midr_el1": U64_MAX, "model": "a72"},
+         "meta": {"qemu": "7.2"}}
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(h)])
+    assert read_trace(p).header == h
+    for v in ("tracked", "untracked"):
+        write_lines(p, [json.dumps({**HEADER, "writes": v, "accesses": v})])
+        assert read_trace(p).header["writes"] == v
+    write_lines(p, [json.dumps({**HEADER, "vcpus": 1, "cpu": {}})])
+    assert read_trace(p).vcpus == 1
+
+
+def test_writer_puts_schema_first_in_the_header():
+    """The header line starts with its schema, whatever order the caller's dict has, so that
+    a reader (or a human) knows the format from the first key."""
+    buf = io.StringIO()
+    TraceWriter(buf, {"vcpus": 1, "ram": [[0, 4096]], "schema": SCHEMA})
+    assert buf.getvalue().startswith('{"schema":"s2cache.trace/1",')
+    buf = io.StringIO()
+    TraceWriter(buf, {"vcpus": 1, "ram": [[0, 4096]]})
+    assert json.loads(buf.getvalue()) == {"schema": SCHEMA, "ram": [[0, 4096]], "vcpus": 1}
+
+
+# ---------------------------------------------------------------------------------------------
+# Events: the remaining classes of bad value, each one line naming the field.
+
+EVENT_ERRORS = {
+    # name: (event, fragment)
+    "seq-too-big": ({"seq": 1 << 64, "kind": "vcpu-off", "vcpu": 0}, "\"seq\" must be an integer"),
+    "seq-bool": ({"seq": True, "kind": "vcpu-off", "vcpu": 0}, "\"seq\" must be an integer"),
+    "seq-str": ({"seq": "1", "kind": "vcpu-off", "vcpu": 0}, "\"seq\" must be an integer"),
+    "u8-negative": ({"seq": 0, "kind": "s2-attr", "ipa": 0, "size": 1, "memattr": -1},
+                    "\"memattr\" must be an integer in 0..255"),
+    "u64-str": ({"seq": 0, "kind": "vcpu-on", "vcpu": 0, "pc": "0"},
+                "\"pc\" must be an integer in 0..2^64-1"),
+    "free-str-int": ({"seq": 0, "kind": "tlbi", "vcpu": 0, "op": 5},
+                     "\"op\" must be a string"),
+    "enum-unknown": ({"seq": 0, "kind": "set-way", "vcpu": 0, "op": "dcisw"},
+                     "\"op\" must be one of isw, csw, cisw"),
+    "enum-list": ({"seq": 0, "kind": "s2-fault", "vcpu": 0, "ipa": 0, "access": ["read"]},
+                  "\"access\" must be one of read, write, exec"),
+    "null-required-str": ({"seq": 0, "kind": "tlbi", "vcpu": 0, "op": None},
+                          "\"op\" is null"),
+    "missing-two": ({"seq": 0, "kind": "s2-map", "ipa": 0, "pa": 0},
+                    "s2-map: missing field(s) \"size\", \"memattr\""),
+    "missing-seq-and-field": ({"kind": "vcpu-off"}, "vcpu-off: event has no \"seq\""),
+    "unknown-two": ({"seq": 0, "kind": "vcpu-off", "vcpu": 0, "a": 1, "b": 2},
+                    "vcpu-off: unknown field(s) \"a\", \"b\""),
+    "vcpu-equal": ({"seq": 0, "kind": "set-way", "vcpu": 2, "op": "isw"},
+                   "set-way: vcpu 2 is not below the header's vcpus 2"),
+    "size-zero-optional": ({"seq": 0, "kind": "ic-inval", "vcpu": 0, "op": "ivau", "pa": RAM_BASE,
+                            "size": 0}, "ic-inval: size is 0"),
+    "pa-overflow": ({"seq": 0, "kind": "s2-map", "ipa": 0, "pa": U64_MAX, "size": 2,
+                     "memattr": 15}, "s2-map: pa 0xffffffffffffffff + size 0x2 runs past 2^64"),
+    "ram-above": ({"seq": 0, "kind": "cmo-va", "vcpu": 0, "op": "civac",
+                   "pa": RAM_BASE + 0x1000_0000, "size": 64},
+                  "cmo-va: PA range [0x50000000, 0x50000040) is not inside the header's RAM"),
+    "ram-below": ({"seq": 0, "kind": "hyp-maintenance", "op": "clean", "pa": 0, "size": 64},
+                  "hyp-maintenance: PA range [0x0, 0x40) is not inside"),
+}
+
+
+@pytest.mark.parametrize("name", list(EVENT_ERRORS))
+def test_bad_event_is_one_line_naming_the_field(tmp_path, name):
+    """Each bad event is refused on its own line, by the reader and by the writer, with the
+    kind, the field and the value at fault (ranges and addresses as the format states)."""
+    event, fragment = EVENT_ERRORS[name]
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER), json.dumps(event)])
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    assert ei.value.line == 2 and fragment in str(ei.value), str(ei.value)
+    if "seq" in event and None not in event.values():    # (the writer fills in seq and
+        w = TraceWriter(io.StringIO(), HEADER)           # drops nulls)
+        with pytest.raises(TraceError) as ei:
+            w.write(event)
+        assert ei.value.line == 2 and fragment in str(ei.value), str(ei.value)
+
+
+def test_error_names_the_json_type_of_a_wrong_value():
+    """'must be an integer' says what was there instead, as JSON names it, and an integer out
+    of range is said to be out of range."""
+    w = TraceWriter(io.StringIO(), HEADER)
+    for v, what in (("4096", "string"), (1.5, "number"), ([1], "array"), ({"a": 1}, "object"),
+                    (True, "bool"), (1 << 64, "out of range"), (-1, "out of range")):
+        with pytest.raises(TraceError) as ei:
+            w.write({"kind": "vcpu-on", "vcpu": 0, "pc": v})
+        assert what in str(ei.value), (v, str(ei.value))
+        if what != "out of range":
+            assert "out of range" not in str(ei.value)
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "tlbi", "vcpu": 0, "op": 3})
+    assert "(integer)" in str(ei.value)
+
+
+def test_long_or_unprintable_values_are_shortened_in_errors():
+    """A message stays one readable line: a long bad value is cut short with '...', and a
+    value that is not JSON at all (only the writer can be handed one) is named by its type."""
+    w = TraceWriter(io.StringIO(), HEADER)
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "tlbi", "vcpu": 0, "op": ["x" * 200]})
+    s = str(ei.value)
+    assert "..." in s and "x" * 60 not in s and len(s) < 200
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "tlbi", "vcpu": 0, "op": object()})
+    assert "<object>" in str(ei.value) and ei.value.line == 2
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "tlbi", "vcpu": 0, "op": ["x" * 30]})
+    assert '["' + "x" * 30 + '"]' in str(ei.value)          # short enough: shown whole
+
+
+def test_values_at_the_edges_of_their_ranges_are_accepted(tmp_path):
+    """0 and the maximum of each integer type, an address ending exactly at 2^64, a vCPU
+    just below the header's count and an access ending exactly at the end of RAM are valid."""
+    evs = [{"seq": 0, "kind": "vcpu-on", "vcpu": 1, "pc": U64_MAX, "reinit": 255},
+           {"seq": 1, "kind": "s2-map", "ipa": U64_MAX - 0xfff, "pa": 0, "size": 0x1000,
+            "memattr": 0, "xn": 255, "vcpu": 0},
+           {"seq": 2, "kind": "host-write", "pa": RAM_BASE + 0x1000_0000 - 1, "size": 1,
+            "source": "device"},
+           {"seq": U64_MAX, "kind": "vcpu-off", "vcpu": 0}]
+    p = tmp_path / "t.jsonl"
+    with TraceWriter(p, HEADER) as w:
+        for ev in evs:
+            w.write(ev)
+    assert read_trace(p).to_dicts() == evs
+
+
+def test_duplicate_keys_are_found_whatever_the_line_holds(tmp_path):
+    """JSON would silently keep the last of two equal keys; a trace line never may have them,
+    whether the line holds free strings, register names, enums or only integers."""
+    cases = ['{"seq":0,"kind":"tlbi","vcpu":0,"op":"vmalle1","vcpu":0}',
+             '{"seq":0,"kind":"sysreg-write","vcpu":0,"reg":"SCTLR_EL1","old":0,"new":1,"old":0}',
+             '{"seq":0,"kind":"sysreg-write","vcpu":0,"reg":"VBAR_EL1","old":0,"new":1,"new":1}',
+             '{"seq":0,"kind":"host-write","pa":%d,"size":1,"source":"load","size":1}' % RAM_BASE,
+             '{"seq":0,"kind":"vcpu-off","vcpu":0,"vcpu":1}',
+             '{"seq":0,"kind":"tlbi","vcpu":0,"op":"a","op":"b"}']
+    p = tmp_path / "t.jsonl"
+    for line in cases:
+        write_lines(p, [json.dumps(HEADER), line])
+        with pytest.raises(TraceError, match=r"^line 2: duplicate key"):
+            read_trace(p)
+
+
+def test_duplicate_in_a_later_line_is_named_by_that_line(tmp_path):
+    p = tmp_path / "t.jsonl"
+    """The strict re-parse is per line: a duplicate on line 3 is reported as line 3."""
+    write_lines(p, [json.dumps(HEADER), '{"seq":0,"kind":"vcpu-off","vcpu":0}',
+                    '{"seq":1,"kind":"vcpu-off","vcpu":0,"vcpu":1}'])
+    with pytest.raises(TraceError, match=r"^line 3: duplicate key \"vcpu\""):
+        read_trace(p)
+
+
+def test_bad_json_messages_say_why(tmp_path):
+    """'not valid JSON' says why: the column of a syntax error, nesting too deep, or the
+    parser's reason; a byte that is not UTF-8 is named with its column."""
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER), '{"seq": 0,, }'])
+    with pytest.raises(TraceError, match=r"^line 2: not valid JSON: .*\(column 11\)$"):
+        read_trace(p)
+    write_lines(p, [json.dumps(HEADER), "[" * 100_000])
+    with pytest.raises(TraceError, match=r"^line 2: not valid JSON: nested too deeply$"):
+        read_trace(p)
+    write_lines(p, [json.dumps(HEADER), '{"seq": 0, "kind": "vcpu-off", "vcpu": Infinity}'])
+    with pytest.raises(TraceError, match=r"^line 2: not valid JSON: Infinity is not valid JSON$"):
+        read_trace(p)
+    write_lines(p, [json.dumps(HEADER), b'{"seq": 0, "k\xffnd": 1}'])
+    with pytest.raises(TraceError, match=r"^line 2: not valid UTF-8 \(byte 0xff at column 14\)$"):
+        read_trace(p)
+    write_lines(p, [b'{"schema": "\xc3"}'])
+    with pytest.raises(TraceError, match=r"^line 1: not valid UTF-8 \(byte 0xc3 at column 13\)$"):
+        read_trace(p)
+    write_lines(p, [json.dumps(HEADER), '{"seq": 0,'], end="")
+    with pytest.raises(TraceError, match=r"^line 2: truncated last line .*\(column 11\)\)$"):
+        read_trace(p)
+
+
+def test_a_bug_in_validation_is_still_a_trace_error(tmp_path, monkeypatch):
+    """Nothing but TraceError leaves read_trace: an unexpected exception while checking a line
+    is reported as an internal error on that line."""
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER), '{"seq":0,"kind":"vcpu-off","vcpu":0}',
+                    '{"seq":1,"kind":"vcpu-off","vcpu":0}'])
+
+    def boom(d, ctx, line):
+        if line == 3:
+            raise KeyError("oops")
+        return real(d, ctx, line)
+    real = T._check_event
+    monkeypatch.setattr(T, "_check_event", boom)
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    assert ei.value.line == 3 and "internal error: KeyError" in str(ei.value)
+
+
+def test_read_errors_while_reading_are_trace_errors(tmp_path, monkeypatch):
+    """An I/O error in the middle of the file is 'cannot read' the file (no line: it is not
+    the content's fault), not an internal error."""
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER), '{"seq":0,"kind":"vcpu-off","vcpu":0}'])
+
+    def broken(d, ctx, line):
+        raise OSError(5, "Input/output error")
+    monkeypatch.setattr(T, "_check_event", broken)
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    assert ei.value.line is None and str(ei.value).startswith(f"cannot read {p}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writer details.
+
+class _CountingIO(io.StringIO):
+    def __init__(self):
+        super().__init__()
+        self.flushes = 0
+
+    def flush(self):
+        self.flushes += 1
+        super().flush()
+
+
+def test_writer_flushes_each_line_or_only_at_close():
+    """By default every line is flushed as written (a dying capture keeps it); with
+    flush=False (write_trace) the caller's file is flushed once, at close, and left open."""
+    f = _CountingIO()
+    w = TraceWriter(f, HEADER)
+    w.write({"kind": "vcpu-off", "vcpu": 0})
+    assert f.flushes == 2                        # the header and the event
+    f = _CountingIO()
+    w = TraceWriter(f, HEADER, flush=False)
+    w.write({"kind": "vcpu-off", "vcpu": 0})
+    assert f.flushes == 0
+    w.close()
+    assert f.flushes == 1 and not f.closed and len(f.getvalue().splitlines()) == 2
+    w.close()                                    # closing twice is harmless
+    assert f.flushes == 1
+
+
+def test_writer_closes_only_a_file_it_opened(tmp_path):
+    """A path is opened and closed by the writer; a file handed in is the caller's."""
+    p = tmp_path / "t.jsonl"
+    w = TraceWriter(p, HEADER)
+    f = w._f
+    w.close()
+    assert f.closed
+    buf = io.StringIO()
+    with TraceWriter(buf, HEADER):
+        pass
+    assert not buf.closed
+
+
+def test_writer_refuses_after_close_and_non_dict_events(tmp_path):
+    """Writing to a closed writer, or something that is not an event dict, is a TraceError
+    (the latter naming the line it would have been)."""
+    w = TraceWriter(io.StringIO(), HEADER)
+    with pytest.raises(TraceError, match=r"^line 2: an event must be a dict, got list$"):
+        w.write([("kind", "vcpu-off")])
+    w.close()
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "vcpu-off", "vcpu": 0})
+    assert ei.value.line is None and "closed" in str(ei.value)
+
+
+def test_writer_cannot_open_its_path(tmp_path):
+    """A path that cannot be written is one TraceError with no line."""
+    with pytest.raises(TraceError) as ei:
+        TraceWriter(tmp_path, HEADER)
+    assert ei.value.line is None and str(ei.value).startswith(f"cannot write {tmp_path}")
+
+
+def test_writer_drops_null_fields_and_puts_seq_and_kind_first():
+    """A null optional field reads as absent, so the writer leaves it out; each line starts
+    with seq and kind."""
+    buf = io.StringIO()
+    with TraceWriter(buf, HEADER) as w:
+        w.write({"vcpu": 1, "pc": None, "kind": "vcpu-on"})
+        w.write({"vcpu": 0, "kind": "vcpu-off", "seq": 7})
+    lines = buf.getvalue().splitlines()
+    assert lines[1] == '{"seq":0,"kind":"vcpu-on","vcpu":1}'
+    assert lines[2] == '{"seq":7,"kind":"vcpu-off","vcpu":0}'
+
+
+# ---------------------------------------------------------------------------------------------
+# The schema compiler: every plan must follow events.KINDS, and a broken schema is refused.
+
+def test_compiled_plans_follow_the_schema(monkeypatch, tmp_path):
+    """Each kind compiled afresh has exactly the schema's keys (plus seq and kind), its
+    non-optional fields required, and validates and reads back one event per kind with every
+    field and one with only the required ones."""
+    plans = {k: T._compile(k, fields) for k, fields in KINDS.items()}
+    for kind, fields in KINDS.items():
+        plan = plans[kind]
+        assert plan.kind == kind
+        assert plan.keys == {f.name for f in fields} | {"seq", "kind"}
+        assert plan.required == {f.name for f in fields if not f.optional} | {"seq", "kind"}
+        assert plan.has_size == any(f.name == "size" for f in fields)
+        assert plan.has_vcpu == any(f.name == "vcpu" for f in fields)
+        assert plan.ram == (kind in RAM_KINDS)
+    monkeypatch.setattr(T, "_PLANS", plans)
+    monkeypatch.setattr(T, "_PLAN_BY_CODE", tuple(plans[k] for k in KINDS))
+    evs, seq = [], 0
+    for full in (True, False):
+        for kind, fields in KINDS.items():
+            ev = {"seq": seq, "kind": kind}
+            for f in fields:
+                if f.optional and not full:
+                    continue
+                if f.name == "vcpu":
+                    ev[f.name] = 1
+                elif isinstance(f.type, tuple):
+                    ev[f.name] = f.type[-1]
+                elif f.type == "str":
+                    ev[f.name] = "VBAR_EL1" if f.name == "reg" else "x"
+                else:
+                    ev[f.name] = 7
+            if "size" in ev:
+                ev["size"] = 64
+            if kind in RAM_KINDS:
+                ev["pa"] = RAM_BASE + 64
+            evs.append(ev)
+            seq += 1
+    p = tmp_path / "t.jsonl"
+    with TraceWriter(p, HEADER) as w:
+        for ev in evs:
+            w.write(ev)
+    t = read_trace(p)
+    assert t.to_dicts() == evs
+    assert t.events.tolist() == [expected_row(ev) for ev in evs]
+    # extras hold only what has no column: free strings, a register outside REGS, optional
+    # values whose column has no presence bit
+    for i, ex in t.extras.items():
+        kind = evs[i]["kind"]
+        loose = {f.name for f in KINDS[kind]
+                 if f.type == "str" or (f.optional and not OPTIONAL_BIT.get(f.column)
+                                        and not OPTIONAL_BIT.get(f.name))}
+        assert set(ex) <= loose, (kind, ex)
+    # and the plans refuse what the schema refuses
+    with pytest.raises(TraceError, match="unknown field"):
+        TraceWriter(io.StringIO(), HEADER).write({"kind": "vcpu-off", "vcpu": 0, "pc": 1})
+    with pytest.raises(TraceError, match="not inside the header's RAM"):
+        TraceWriter(io.StringIO(), HEADER).write(
+            {"kind": "host-write", "pa": 0, "size": 1, "source": "load"})
+    with pytest.raises(TraceError, match="runs past 2"):
+        TraceWriter(io.StringIO(), HEADER).write(
+            {"kind": "s2-unmap", "ipa": U64_MAX, "size": 2})
+
+
+def test_a_bool_field_is_true_or_false(monkeypatch, tmp_path):
+    """The schema language has bool fields (events.Field): such a field takes only true or
+    false, is stored as 0/1 and reads back as a bool."""
+    from gdbplugin.model.events import Field
+    fields = (Field("vcpu", "u32", "vcpu"), Field("flag", "bool", "op"),
+              Field("maybe", "bool", "xn", optional=True))
+    plan = T._compile("vcpu-off", fields)
+    plans = {**T._PLANS, "vcpu-off": plan}
+    monkeypatch.setattr(T, "_PLANS", plans)
+    monkeypatch.setattr(T, "_PLAN_BY_CODE", tuple(plans[k] for k in KINDS))
+    p = tmp_path / "t.jsonl"
+    evs = [{"seq": 0, "kind": "vcpu-off", "vcpu": 0, "flag": True, "maybe": False},
+           {"seq": 1, "kind": "vcpu-off", "vcpu": 1, "flag": False}]
+    with TraceWriter(p, HEADER) as w:
+        for ev in evs:
+            w.write(ev)
+        with pytest.raises(TraceError, match=r"^line 4: vcpu-off: field \"flag\" must be true "
+                                             r"or false, got 1$"):
+            w.write({"kind": "vcpu-off", "vcpu": 0, "flag": 1})
+    t = read_trace(p)
+    assert t.to_dicts() == evs
+    assert t.events["op"].tolist() == [1, 0] and t.events["xn"].tolist() == [0, 0]
+
+
+def test_a_broken_schema_is_refused_at_compile_time():
+    """Mistakes in events.KINDS must fail loudly when the module loads, not corrupt rows:
+    a column used twice, a presence bit used twice, an unknown type, a RAM kind without
+    pa/size."""
+    from gdbplugin.model.events import Field
+    with pytest.raises(RuntimeError, match=r"column 'pc' used twice"):
+        T._compile("vcpu-on", (Field("pc", "u64", "pc"), Field("x", "u64", "pc")))
+    with pytest.raises(RuntimeError, match=r"presence bit 2 used twice"):
+        T._compile("vcpu-on", (Field("a", "u64", "esr", True), Field("esr", "u64", "old", True)))
+    with pytest.raises(RuntimeError, match=r"unknown type 'u16'"):
+        T._compile("vcpu-on", (Field("a", "u16", "old"),))
+    with pytest.raises(RuntimeError, match=r"host-write is a RAM kind but has no pa/size"):
+        T._compile("host-write", (Field("pa", "u64", "pa"),))
+    # a RAM kind with exactly pa and size is fine
+    assert T._compile("host-write", (Field("pa", "u64", "pa"), Field("size", "u64", "size"))).ram
+    # two optional fields whose columns have no presence bit are fine (both go to extras)
+    plan = T._compile("vcpu-on", (Field("a", "u64", "old", True), Field("b", "u64", "new", True)))
+    assert [s[6] for s in plan.slots] == [True, True]
+
+
+# ---------------------------------------------------------------------------------------------
+# write_many: a batch written at once, handed back as the rows a reader would make.
+
+def test_write_many_returns_what_the_file_holds(tmp_path):
+    """The batch comes back as a Trace of its own (rows from 0, extras by batch index) equal
+    to what read_trace makes of those lines, so a live consumer sees exactly the file."""
+    p = tmp_path / "t.jsonl"
+    f = open(p, "w")
+    w = TraceWriter(f, HEADER)
+    first = w.write_many([{"kind": "vcpu-on", "vcpu": 0, "pc": 0x4008_0000}])
+    chunk = w.write_many([
+        {"kind": "tlbi", "vcpu": 1, "op": "vmalle1is"},
+        {"kind": "s2-fault", "vcpu": 0, "ipa": 0x1000, "access": "write"},
+        {"kind": "sysreg-write", "vcpu": 0, "reg": "VBAR_EL1", "old": 0, "new": 1, "pc": None}])
+    w.close()
+    f.close()
+    t = read_trace(p)
+    assert len(first) == 1 and len(chunk) == 3
+    assert chunk.header == t.header and chunk.events.dtype == EVENT_DTYPE
+    assert first.to_dicts() + chunk.to_dicts() == t.to_dicts()
+    assert chunk.events.tolist() == t.events[1:].tolist()
+    assert chunk.extras == {0: {"op": "vmalle1is"}, 2: {"reg": "VBAR_EL1"}}
+    assert [e["seq"] for e in t.to_dicts()] == [0, 1, 2, 3]
+
+
+def test_write_many_flushes_once_and_keeps_what_came_before_a_bad_event():
+    """A batch is flushed once, after its last line; an invalid event stops it with its line
+    number, the valid events before it are written, and the writer goes on after them."""
+    f = _CountingIO()
+    w = TraceWriter(f, HEADER)
+    w.write_many([{"kind": "vcpu-off", "vcpu": 0}, {"kind": "vcpu-off", "vcpu": 1}])
+    assert f.flushes == 2                        # the header, then the batch
+    with pytest.raises(TraceError, match=r"^line 5: .*vcpu 2 is not below"):
+        w.write_many([{"kind": "vcpu-off", "vcpu": 0}, {"kind": "vcpu-off", "vcpu": 2}])
+    assert len(f.getvalue().splitlines()) == 4        # the header and three events
+    assert w.write({"kind": "vcpu-off", "vcpu": 0}) == 3
+    empty = w.write_many([])
+    assert len(empty) == 0 and empty.events.dtype == EVENT_DTYPE
+    assert len(f.getvalue().splitlines()) == 5 and f.getvalue().endswith("}\n")
