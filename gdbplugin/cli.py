@@ -157,6 +157,72 @@ def cmd_replay(args) -> int:
     return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
 
 
+def cmd_attach(args) -> int:
+    from .capture.attach import AttachError, attach
+    from .target.physmem import PATH_FILE, PATH_GDB, PATH_PROC
+    from .model.policies import POLICIES
+    from .model.trace import TraceError
+    from .target.errors import TargetError
+    from .target.gdbmi import GdbMI
+    from .ui.live import WarningPrinter
+    from .ui.report import print_findings, report
+
+    if args.policy is not None and args.policy not in POLICIES:
+        raise UsageError(f"unknown policy {args.policy!r} (one of {', '.join(POLICIES)})")
+    if args.via == "file" and not args.ram_file:
+        raise UsageError("--via file needs --ram-file")
+    VIA = {"auto": None, "file": PATH_FILE, "proc": PATH_PROC, "gdb": PATH_GDB}
+    trace = args.trace or "s2cache-attach.jsonl"
+    console = _console()
+    err = Console(stderr=True)
+    try:
+        gdb = GdbMI()
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+    with gdb:
+        try:
+            session = attach(gdb, args.target, trace=trace, ram_file=args.ram_file,
+                             policy=args.policy, views=[WarningPrinter(console)],
+                             via=VIA[args.via])
+        except AttachError as exc:
+            raise UsageError(str(exc)) from None
+        except TargetError as exc:
+            raise UsageError(f"cannot attach to {args.target}: {exc}") from None
+        err.print(f"s2cache: watching {args.target}: ring read through {session.ram.path}"
+                  + (f" ({'; '.join(session.skipped)})" if session.skipped else "")
+                  + f"; trace -> {trace}; Ctrl-C ends", highlight=False)
+        try:
+            why = session.watch()
+        except KeyboardInterrupt:
+            why = "interrupted"
+        try:
+            result = session.close()
+        except (TargetError, TraceError) as exc:
+            print(f"s2cache: target error: {exc}", file=sys.stderr)
+            return EXIT_TARGET
+    live = session.live
+    if result is None:
+        print(f"s2cache: the shim's ring never appeared in guest RAM ({why}); is the guest "
+              f"running under the shim?", file=sys.stderr)
+        return EXIT_TARGET
+    policy = live.policy
+    if args.json != "-":
+        print_findings(console, result, policy)
+    if args.json:
+        out = report(result, policy)
+        out["stats"]["live"] = {k: v for k, v in live.status().items() if k != "vcpus"}
+        _write_json(args.json, out)
+    halted = live.ring.header().halted if live.ring else None
+    if halted:
+        print(f"s2cache: the shim halted: {halted}", file=sys.stderr)
+        return EXIT_TARGET
+    if why == "qemu-exited":
+        print(f"s2cache: QEMU went away ({'; '.join(session.notes)}); the trace holds what "
+              f"was drained", file=sys.stderr)
+        return EXIT_TARGET
+    return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="s2cache", description="Find the cache-maintenance bugs QEMU hides.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -192,6 +258,20 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("--runs", type=int, default=40, help="runs shown per walk (default 40)")
     insp.add_argument("--json", help="write registers and complete walks as JSON")
     insp.set_defaults(func=cmd_inspect)
+
+    att = sub.add_parser("attach", help="watch a QEMU running the shim, live: warnings as "
+                         "they happen, a report when it ends (Ctrl-C, the guest stops or "
+                         "QEMU exits)")
+    att.add_argument("target", help="gdbstub: 127.0.0.1:PORT or a unix socket path")
+    att.add_argument("--ram-file", help="QEMU's shared RAM file (fastest); default: "
+                     "/proc/<qemu-pid>/mem, else gdb reads")
+    att.add_argument("--via", choices=["auto", "file", "proc", "gdb"], default="auto",
+                     help="how to read the ring: the fastest that works (default), or only "
+                     "the RAM file, /proc/<qemu-pid>/mem, or gdb (stops the guest to read)")
+    att.add_argument("--policy", help="active policy (default: the one the shim runs)")
+    att.add_argument("--trace", help="write the trace here (default s2cache-attach.jsonl)")
+    att.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    att.set_defaults(func=cmd_attach)
     return parser
 
 

@@ -228,11 +228,14 @@ class RingReader:
     SCAN = 2 << 20                         # bytes read per step of the search
 
     def __init__(self, mem, base: int, size: int, *, header_pa: int | None = None,
-                 consume: bool = False):
+                 consume: bool = False, near: int | None = None):
         self.mem = mem
         self.ram_base, self.size = base, size
         self.consume = consume
-        self.header_pa = header_pa if header_pa is not None else self.find()
+        if header_pa is not None and int.from_bytes(self._read(header_pa, 8), "little") \
+                != RING_MAGIC:
+            raise RingError(f"no ring header at {header_pa:#x} (yet)")
+        self.header_pa = header_pa if header_pa is not None else self.find(near)
         if self.header_pa is None:
             raise RingError("no shim ring in guest RAM (has the shim started?)")
         self.next = 0                      # index of the next record to decode
@@ -249,13 +252,21 @@ class RingReader:
             raise RingError(str(exc)) from None
         return cls(mem, ram_base, mem.size, header_pa=header_pa, consume=consume)
 
-    def find(self) -> int | None:
+    def find(self, near: int | None = None) -> int | None:
         """PA of the ring header (magic on a 4 KiB boundary whose shim_base field points
         into RAM at a 2 MiB boundary below it), highest first: the shim's carve-out is at the
-        top of RAM, so the search reads little of it."""
-        end = self.size
-        while end > 0:
-            start = max(0, end - self.SCAN)
+        top of RAM, so the search reads little of it.  ``near``: an address inside the shim
+        (its VBAR_EL2): only the 4 MiB from the 2 MiB boundary below it are searched, all a
+        slow reader (gdb) can afford."""
+        if near is not None and self.ram_base <= near < self.ram_base + self.size:
+            lo = (near & ~((2 << 20) - 1)) - self.ram_base
+            return self._scan(max(0, lo), min(self.size, lo + 2 * self.SCAN))
+        return self._scan(0, self.size)
+
+    def _scan(self, lo: int, hi: int) -> int | None:
+        end = hi
+        while end > lo:
+            start = max(lo, end - self.SCAN)
             words = np.frombuffer(self._read(self.ram_base + start, end - start), dtype="<u8")
             pages = words[::HEADER_SIZE // 8]
             for idx in np.flatnonzero(pages == RING_MAGIC)[::-1]:

@@ -153,7 +153,7 @@ class GdbMI:
                     self._done[token] = MIResult(rec["message"], rec["payload"] or {},
                                                  self._console)
                 self._console = []
-            elif kind == "console":
+            elif kind in ("console", "target"):     # target: a monitor command's output
                 self._console.append(rec["payload"])
             elif kind == "notify" and rec["message"] == "stopped":
                 self._events.append(rec["payload"] or {})
@@ -167,6 +167,14 @@ class GdbMI:
         if rc is not None:
             last = f": {self._log[-1]}" if self._log else ""
             raise GdbError(f"gdb exited with status {rc}{last}")
+
+    def monitor(self, cmd: str, timeout: float | None = None) -> str:
+        """A QEMU monitor (HMP) command over the gdb link (``qRcmd``); its output.  Only while
+        the target is stopped (all-stop gdb cannot talk to a running remote)."""
+        if "\n" in cmd or '"' in cmd or "\\" in cmd:
+            raise GdbError(f"refusing a monitor command with a newline or quote: {cmd!r}")
+        result = self.command(f'-interpreter-exec console "monitor {cmd}"', timeout)
+        return "".join(result.console)
 
     # -- connection and symbols ---------------------------------------------------------
     def connect(self, address: str | Path, timeout: float | None = None) -> None:
@@ -292,6 +300,17 @@ class GdbMI:
                 raise GdbTimeout(f"the target did not stop within {limit} s")
             self._pump(deadline)
         return _stop(self._events.popleft())
+
+    def poll_stop(self) -> Stop | None:
+        """The target's next stop if it has stopped, else None, without waiting; raises
+        GdbError once gdb has lost the connection (QEMU exited or was killed)."""
+        self._pump(time.monotonic())
+        if self._events:
+            return _stop(self._events.popleft())
+        for line in self._log:
+            if _LOST.search(line):
+                raise GdbError(f"no connection to the target: {line}")
+        return None
 
     def cont_until_stop(self, timeout: float | None = None) -> Stop:
         self.cont()

@@ -229,15 +229,19 @@ _GPA2HVA = re.compile(r"is (0x[0-9a-f]+)")
 
 
 def ram_regions(info_mtree: str) -> list[tuple[int, int, str]]:
-    """(base, size, name) of each RAM region of the system address space in ``info mtree -f``
-    (the first flat view; later views are other address spaces)."""
-    first_view = info_mtree.split("\nFlatView", 2)
-    text = first_view[1] if len(first_view) > 1 else info_mtree
+    """(base, size, name) of each RAM region of the system address space (the flat view of
+    ``AS "memory"``) in ``info mtree -f``; other views (I/O, secure memory) come in any order."""
+    views = re.split(r"(?m)^FlatView #\d+", info_mtree.replace("\r\n", "\n"))
+    text = next((v for v in views if ' AS "memory"' in v), "")
     out = []
     for m in _RAM_REGION.finditer(text):
         lo, hi = int(m.group(1), 16), int(m.group(2), 16)
         out.append((lo, hi - lo + 1, m.group(3)))
     return out
+
+
+PATH_FILE, PATH_PROC, PATH_GDB = ("shared RAM file", "/proc/<qemu-pid>/mem",
+                                 "gdb physical reads")
 
 
 @dataclass
@@ -252,31 +256,39 @@ class RamAccess:
 
 def open_ram(base: int, size: int, *, ram_file: str | Path | None = None,
              pid: int | None = None, monitor=None, gdb: GdbMI | None = None,
-             writable: bool = False) -> tuple[RamAccess, list[str]]:
-    """The fastest way to guest RAM that works: the shared RAM file, else /proc/<pid>/mem at
-    ``monitor("gpa2hva BASE")``'s host address, else gdb physical reads.  Returns it and why
-    each faster way was not taken (one line each)."""
+             writable: bool = False, allow=(PATH_FILE, PATH_PROC, PATH_GDB)
+             ) -> tuple[RamAccess, list[str]]:
+    """The fastest way to guest RAM that works among ``allow``: the shared RAM file, else
+    /proc/<pid>/mem at ``monitor("gpa2hva BASE")``'s host address, else gdb physical reads.
+    Returns it and why each faster way was not taken (one line each)."""
     skipped = []
+    if PATH_FILE not in allow:
+        ram_file = None
+    if PATH_PROC not in allow:
+        pid = None
+    if PATH_GDB not in allow:
+        gdb = None
     if ram_file is not None:
         try:
             mem = SharedRam(ram_file, base, writable)
-            return RamAccess(mem, base, size, "shared RAM file"), skipped
+            return RamAccess(mem, base, size, PATH_FILE), skipped
         except PhysMemError as exc:
             skipped.append(str(exc))
     else:
-        skipped.append("no shared RAM file given")
+        skipped.append("no shared RAM file given" if PATH_FILE in allow else
+                       "the shared RAM file was not to be used")
     if pid is not None and monitor is not None:
         try:
             m = _GPA2HVA.search(monitor(f"gpa2hva {base:#x}"))
             if not m:
                 raise PhysMemError(f"`gpa2hva {base:#x}` gave no host address")
             mem = ProcMem(pid, base, size, int(m.group(1), 16), writable)
-            return RamAccess(mem, base, size, "/proc/<qemu-pid>/mem"), skipped
+            return RamAccess(mem, base, size, PATH_PROC), skipped
         except TargetError as exc:
             skipped.append(str(exc))
     else:
-        skipped.append("QEMU's pid is unknown (not on this machine?)")
+        skipped.append("QEMU's pid is unknown (not on this machine?)" if PATH_PROC in allow
+                       else "/proc/<qemu-pid>/mem was not to be used")
     if gdb is None:
         raise PhysMemError("no way to guest RAM: " + "; ".join(skipped))
-    return RamAccess(GdbPhysMem(gdb, ram=[(base, size)]), base, size,
-                     "gdb physical reads"), skipped
+    return RamAccess(GdbPhysMem(gdb, ram=[(base, size)]), base, size, PATH_GDB), skipped

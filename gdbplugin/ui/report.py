@@ -43,7 +43,7 @@ def _same(a: Finding, b: Finding) -> bool:
     return a.pa < b.pa + (b.size or 0) and b.pa < a.pa + (a.size or 0)
 
 
-def _where(f: Finding) -> str:
+def where_text(f: Finding) -> str:
     if f.pa is None:
         return "-"
     ipa = f"ipa {f.ipa:#x} " if f.ipa is not None and f.ipa != f.pa else ""
@@ -58,7 +58,7 @@ def print_findings(console: Console, result: Result, policy: str) -> None:
     for f in findings:
         style = "dim" if f.kind in INFO_KINDS else None
         table.add_row(str(f.seq), f.kind, "-" if f.vcpu is None else str(f.vcpu),
-                      "-" if f.pc is None else f"{f.pc:#x}", _where(f),
+                      "-" if f.pc is None else f"{f.pc:#x}", where_text(f),
                       ", ".join(f.covered_by) or "-",
                       "-" if f.observed is None else ("yes" if f.observed else "no"),
                       style=style)
@@ -76,7 +76,7 @@ def print_compare(console: Console, result: Result) -> None:
     for row in matrix(result):
         f = row["finding"]
         table.add_row(str(f["seq"]), f["kind"], "-" if f["vcpu"] is None else str(f["vcpu"]),
-                      _where(Finding(**{k: f[k] for k in Finding.__dataclass_fields__})),
+                      where_text(Finding(**{k: f[k] for k in Finding.__dataclass_fields__})),
                       *("[red]x[/red]" if row["uncovered"][n] else "[green]ok[/green]"
                         for n in names))
     console.print(table)

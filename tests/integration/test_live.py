@@ -146,3 +146,63 @@ def test_proc_mem_path_records_the_same_trace(shim, blob, tmp_path, name):
     a, b = read_trace(fast_trace), read_trace(slow_trace)
     assert a.header == b.header
     assert a.to_dicts() == b.to_dicts()
+
+
+def attach_cli(shim, blob, tmp_path, name, policy, via, ram_file=True):
+    """``s2cache attach`` on a QEMU started by hand (paused, -no-shutdown so that guest RAM
+    outlives the guest's SYSTEM_OFF); (exit code, stderr, report, trace path)."""
+    import json
+    import subprocess
+    import sys
+    params = ShimParams(policy=policy, trap_cmo=True, observe=2)
+    config = shim_config(SCENARIOS / f"{name}.bin", params, shim=shim, paused=True)
+    config.loaders.append(Loader(file=blob, addr=BLOB, force_raw=True))
+    config.extra = [*config.extra, "-no-shutdown"]
+    out, trace = tmp_path / f"{via}.json", tmp_path / f"{via}.jsonl"
+    with ShimSession(config, shim) as s:
+        argv = [sys.executable, "-m", "gdbplugin.cli", "attach", s.qemu.gdb_address,
+                "--via", via, "--json", str(out), "--trace", str(trace)]
+        if ram_file:
+            argv += ["--ram-file", str(s.qemu.ram_path)]
+        run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert "shutdown" in s.qemu.monitor("info status")
+    return run.returncode, run.stderr, json.loads(out.read_text()), trace
+
+
+def test_attach_every_drain_path_records_the_same_trace(shim, blob, tmp_path):
+    """`s2cache attach` says which way it reads the ring; the RAM file, /proc/<pid>/mem and
+    gdb physical reads at stops (the slowest) record the same trace event for event, and the
+    report's verdict is the exit code: the `none` policy leaves the scenario's first map of
+    host-written memory uncovered (1)."""
+    got = {}
+    for via in ("file", "proc", "gdb"):
+        rc, err, report, trace = attach_cli(shim, blob, tmp_path, "first_map_uncached",
+                                            "none", via, ram_file=via == "file")
+        path = {"file": "shared RAM file", "proc": "/proc/<qemu-pid>/mem",
+                "gdb": "gdb physical reads"}[via]
+        assert f"ring read through {path}" in " ".join(err.split()), err
+        assert rc == 1, err
+        assert report["policy"] == "none" and report["stats"]["live"]["drain"] == path
+        assert any(f["kind"] == "first-map-uncached" and f["pa"] == BLOB
+                   for f in report["findings"])
+        got[via] = read_trace(trace)
+    assert got["file"].to_dicts() == got["proc"].to_dicts() == got["gdb"].to_dicts()
+
+
+def test_attach_exit_code_follows_the_active_policy(shim, blob, tmp_path):
+    """Under the shim's kvm policy the same guest leaves nothing uncovered: exit 0; and the
+    report names the policy the shim ran."""
+    rc, err, report, _ = attach_cli(shim, blob, tmp_path, "first_map_uncached", "kvm", "auto")
+    assert rc == 0, err
+    assert report["policy"] == "kvm"
+    assert not [f for f in report["findings"] if f["kind"] not in INFO_KINDS]
+
+
+def test_attach_refuses_a_remote_gdbstub():
+    """The gdbstub must be local: no network exposure of a debugger."""
+    import subprocess
+    import sys
+    run = subprocess.run([sys.executable, "-m", "gdbplugin.cli", "attach", "10.0.0.1:1234"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2
+    assert run.stderr.count("\n") == 1 and "only a local gdbstub" in run.stderr
