@@ -114,27 +114,38 @@ def attach(gdb: GdbMI, target: str, *, trace, ram_file=None, policy: str | None 
     (gdbplugin/target/physmem.py PATH_*), else the fastest that works."""
     check_local(target)
     gdb.connect(target)
-    mtree = gdb.monitor("info mtree -f")
+    return watch_target(gdb, target, trace=trace, ram_file=ram_file, policy=policy,
+                        views=views, cpu_model=cpu_model, via=via)
+
+
+def watch_target(debugger, target: str | None, *, trace, ram_file=None,
+                 policy: str | None = None, views=(), cpu_model: str | None = None,
+                 via: str | None = None) -> Attached:
+    """A live session on the QEMU a stopped ``debugger`` is connected to (gdb/MI from
+    outside, gdbplugin/target/gdbmi.py, or gdb's own API, gdbplugin/target/gdbinside.py);
+    ``target``: its gdbstub address, to find QEMU's pid (None: unknown)."""
+    mtree = debugger.monitor("info mtree -f")
     regions = ram_regions(mtree)
     if not regions:
         raise AttachError("`info mtree -f` shows no RAM region")
     base, size, _ = max(regions, key=lambda r: r[1])            # the machine's main RAM
-    pid = pid_listening(target)
+    pid = pid_listening(target) if target else None
     try:
         access, skipped = open_ram(base, size, ram_file=ram_file, pid=pid,
-                                   monitor=gdb.monitor, gdb=gdb, writable=True,
+                                   monitor=debugger.monitor, gdb=debugger, writable=True,
                                    allow=(via,) if via else (PATH_FILE, PATH_PROC, PATH_GDB))
     except TargetError as exc:
         raise AttachError(str(exc)) from None
-    vcpus = len(gdb.threads())
+    vcpus = len(debugger.threads())
     if not vcpus:
         raise GdbError("the gdbstub shows no vCPU threads")
+
     def ring() -> RingReader:
         # Read through gdb only while stopped: the shim's VBAR_EL2 tells where it runs, and
         # this repo's shim build where its ring header is inside it (else search near it).
         near = header = None
-        if access.path == PATH_GDB and gdb.has_register("VBAR_EL2"):
-            near = gdb.read_register("VBAR_EL2") or None
+        if access.path == PATH_GDB and debugger.has_register("VBAR_EL2"):
+            near = debugger.read_register("VBAR_EL2") or None
             image = _local_shim()
             if near is not None and image is not None:
                 header = near - image.offset("vectors") + image.offset("shim_ring")
@@ -146,8 +157,7 @@ def attach(gdb: GdbMI, target: str, *, trace, ram_file=None, policy: str | None 
                 raise
             return RingReader(access.mem, base, size, consume=True, near=near)
 
-    live = LiveSession(ring,
-                       vcpus=vcpus, trace=trace, policy=policy, drain=access.path,
-                       info_roms=gdb.monitor("info roms"), info_mtree=mtree,
+    live = LiveSession(ring, vcpus=vcpus, trace=trace, policy=policy, drain=access.path,
+                       info_roms=debugger.monitor("info roms"), info_mtree=mtree,
                        cpu_model=cpu_model, views=views)
-    return Attached(gdb, live, access, skipped, pid)
+    return Attached(debugger, live, access, skipped, pid)

@@ -90,6 +90,14 @@ class LiveSession:
         header = self.recorder.header if self.recorder else None
         return header.get("policy") if header else None
 
+    def set_policy(self, name: str) -> None:
+        """Judge by another policy from now on: its world's findings so far become the
+        published ones (every policy is replayed at once: nothing re-runs)."""
+        if name not in POLICIES:
+            raise LiveError(f"unknown policy {name!r} (one of {', '.join(POLICIES)})")
+        self.requested_policy = name
+        self.findings = list(self.replay.worlds[name].findings) if self.replay else []
+
     @property
     def ring(self) -> RingReader | None:
         return self._ring
@@ -108,10 +116,13 @@ class LiveSession:
                 "halted": ring.header().halted if ring else None}
 
     # -- driving ------------------------------------------------------------------------
-    def pump(self) -> int:
-        """Drain what the ring holds now; the number of ring records read."""
+    def pump(self, look: bool = False) -> int:
+        """Drain what the ring holds now; the number of ring records read.  ``look``: look
+        for a ring not found yet now, whenever the last look was (the guest stopped)."""
         if self.result is not None:
             return 0
+        if look:
+            self._next_try = 0.0
         ring = self._connect()
         if ring is None:
             return 0
@@ -168,12 +179,16 @@ class LiveSession:
     # -- inside -------------------------------------------------------------------------
     def _connect(self) -> RingReader | None:
         """The ring, once the shim has set it up.  Looking for it reads guest RAM from the top
-        down (all of it while it is not there yet), so at most every ``RETRY_S``."""
+        down (all of it while it is not there yet), so a miss waits ``RETRY_S`` or twice the
+        time the miss took, whichever is longer."""
         if self._ring is None and time.monotonic() >= self._next_try:
+            started = time.monotonic()
             try:
                 self._ring = self._ring_source()
             except RingError:
-                self._next_try = time.monotonic() + self.RETRY_S
+                # a miss read all of RAM: look again after twice as long as that took
+                now = time.monotonic()
+                self._next_try = now + max(self.RETRY_S, 2 * (now - started))
         return self._ring
 
     def _consume(self, chunk) -> None:

@@ -29,7 +29,7 @@ import numpy as np
 from ..arch.memtype import NORMAL_WB, effective
 from ..arch.sysregs import HCR_EL2, SCTLR_EL1
 from . import events as E
-from .cache import CLEARS, PAGE_SHIFT, RamMap, ShadowCache, line_masks
+from .cache import CLEARS, PAGE_SHIFT, STATES, RamMap, ShadowCache, line_masks
 from .hazards import BY_TRIGGER, DETECTORS, INFO_KINDS, Detector, Finding, SmpMmuOffWindow, \
     UnobservedTransition
 from .policies import (CLEAN, CLEAN_INVAL, ICACHE_INVAL, INVAL, POLICIES, SCOPE_ALL,
@@ -1102,6 +1102,26 @@ class Replay:
                 self._open_first_map[(kind, name)] = (f, (v, sig))
 
     # -- end of run -----------------------------------------------------------------------
+    def lines(self, world: str, pa: int, count: int) -> list[dict]:
+        """The shadow state of ``count`` 64-byte lines from ``pa`` in one world: dirty, stale,
+        code; the last writer seen on the page (vCPU, PC); the rules that last cleaned and
+        I-invalidated the page (``-``: none)."""
+        w = self.worlds[world]
+        out = []
+        for k in range(count):
+            line = (pa & ~0x3F) + 64 * k
+            page = self.ram.page_index(line)
+            if page < 0:
+                out.append({"pa": line, "ram": False})
+                continue
+            bit = np.uint64(1 << ((line >> 6) & 63))
+            writer = self.last_writer.get(line >> PAGE_SHIFT)
+            out.append({"pa": line, "ram": True, "mapped": bool(self.mapped[page]),
+                        **{s: bool(w.cache.bits[s][page] & bit) for s in STATES},
+                        "writer": writer, "cleaned_by": ALL_RULES[w.cleaned_by[page]],
+                        "icache_by": ALL_RULES[w.icache_by[page]]})
+        return out
+
     def stats(self) -> dict:
         return {"events": self.counts, "ram_pages": self.ram.pages,
                 "pages_mapped": int(self.mapped.sum()),

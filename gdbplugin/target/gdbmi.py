@@ -217,6 +217,14 @@ class GdbMI:
                 out.append(None)
         return out
 
+    def write_memory(self, address: int, data: bytes) -> None:
+        """Write ``data`` at ``address`` (virtual unless physical mode is on)."""
+        cmd = f"-data-write-memory-bytes {address:#x} {data.hex()}"
+        try:
+            self.command(cmd)
+        except GdbCommandError as exc:
+            raise MemoryAccessError(address, len(data), _reason(exc, cmd)) from None
+
     def physical_mode(self, on: bool) -> None:
         """Make memory reads physical (QEMU's ``Qqemu.PhyMemMode``) or virtual again."""
         packet = f"Qqemu.PhyMemMode:{int(on)}"

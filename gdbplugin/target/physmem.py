@@ -27,7 +27,7 @@ import numpy as np
 
 from ..arch import memory
 from ..arch.memory import ImageMemory, PhysMemory
-from .errors import GdbCommandError, MemoryAccessError, PhysMemError, TargetError
+from .errors import MemoryAccessError, PhysMemError, TargetError
 from .gdbmi import GdbMI
 
 
@@ -168,8 +168,8 @@ class GdbPhysMem(PhysMemory):
         self._check_backed(pa, len(data))
         with self._gdb.physical():
             try:
-                self._gdb.command(f"-data-write-memory-bytes {pa:#x} {data.hex()}")
-            except GdbCommandError as exc:
+                self._gdb.write_memory(pa, data)
+            except TargetError as exc:
                 raise PhysMemError(f"QEMU refused the physical write at {pa:#x}: "
                                    f"{exc}") from None
         for p in range(pa // self._page, (pa + len(data) - 1) // self._page + 1):

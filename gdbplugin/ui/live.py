@@ -16,9 +16,11 @@ def sctlr_flags(value: int) -> str:
     return "".join(n if value & bit else n.lower() for n, bit in SCTLR_BITS)
 
 
-def finding_line(f: Finding) -> str:
+def finding_line(f: Finding, symbol: str | None = None) -> str:
+    """One line: kind, event, vCPU, PC (and ``symbol`` or the finding's own), pages, rules."""
     vcpu = "-" if f.vcpu is None else str(f.vcpu)
-    pc = "" if f.pc is None else f" pc {f.pc:#x}" + (f" <{f.symbol}>" if f.symbol else "")
+    name = symbol or f.symbol
+    pc = "" if f.pc is None else f" pc {f.pc:#x}" + (f" <{name}>" if name else "")
     covered = ", ".join(f.covered_by) or "no policy rule"
     return f"{f.kind} seq {f.seq} vCPU {vcpu}{pc} {where_text(f)} (covered by: {covered})"
 

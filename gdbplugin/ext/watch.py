@@ -1,0 +1,223 @@
+"""``s2cache start|stop|status|record|policy|break-on-hazard``: the live watch itself."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import shutil
+import time
+
+import gdb
+from rich.markup import escape
+
+from ..capture.attach import AttachError, watch_target
+from ..model.hazards import INFO_KINDS
+from ..model.policies import POLICIES
+from ..target.gdbinside import GdbInside
+from ..ui.live import finding_line, sctlr_flags
+from . import state
+from .state import command_errors
+
+
+class _Args(argparse.ArgumentParser):
+    def error(self, message):
+        raise gdb.GdbError(f"s2cache: {message}")
+
+
+class GdbView:
+    """Prints the session's news into gdb (through the state's queue); stops the guest on a
+    hazard when asked."""
+
+    def transition(self, session, t):
+        if t["reg"] == "SCTLR_EL1" and sctlr_flags(t["old"]) != sctlr_flags(t["new"]):
+            state.live().say(lambda: f"[cyan]s2cache: vCPU {t['vcpu']} SCTLR_EL1 "
+                             f"{sctlr_flags(t['old'])} -> {sctlr_flags(t['new'])}"
+                             f"{at_pc(t.get('pc'))}[/cyan]")
+
+    def finding(self, session, f):
+        L = state.live()
+        n = len(session.findings)
+        if f.kind in INFO_KINDS:
+            L.say(lambda: f"[dim]s2cache: #{n} info {escape(finding_line(f, symbol(f.pc)))}"
+                          f"[/dim]")
+            return
+        L.say(lambda: f"[bold red]s2cache: #{n} hazard "
+                      f"{escape(finding_line(f, symbol(f.pc)))}[/bold red]")
+        L.hazard_seen()
+
+
+def symbol(pc: int | None) -> str | None:
+    """``name+off`` where gdb's symbols know the PC (gdb's main thread only)."""
+    if pc is None:
+        return None
+    try:
+        out = gdb.execute(f"info symbol {pc:#x}", to_string=True).strip()
+    except gdb.error:
+        return None
+    if not out or out.startswith("No symbol"):
+        return None
+    name = out.split(" in section")[0]
+    return name.replace(" + ", "+")
+
+
+def at_pc(pc: int | None) -> str:
+    if pc is None:
+        return ""
+    name = symbol(pc)
+    return f" pc {pc:#x}" + (f" <{name}>" if name else "")
+
+
+class Start(gdb.Command):
+    """Begin watching the QEMU gdb is attached to: s2cache start [--policy P] [--trace FILE] [--ram-file F] [--via auto|file|proc|gdb]
+
+Finds the shim's ring in guest RAM (fastest way first: the shared RAM file given, else
+/proc/<qemu-pid>/mem, else gdb physical reads at each stop), records a trace, and prints SCTLR
+transitions and hazard warnings as they happen.  The guest must be stopped; continue it after."""
+
+    def __init__(self):
+        super().__init__("s2cache start", gdb.COMMAND_USER)
+
+    @command_errors
+    def invoke(self, arg, from_tty):
+        if state.CURRENT is not None:
+            raise gdb.GdbError("s2cache: already watching (`s2cache stop` first)")
+        p = _Args(prog="s2cache start", add_help=False)
+        p.add_argument("--policy", choices=list(POLICIES))
+        p.add_argument("--trace")
+        p.add_argument("--ram-file")
+        p.add_argument("--via", choices=["auto", "file", "proc", "gdb"], default="auto")
+        a = p.parse_args(shlex.split(arg))
+        if gdb.selected_inferior().pid == 0 and not gdb.selected_inferior().threads():
+            raise gdb.GdbError("s2cache: gdb is not attached to QEMU (target remote first)")
+        debugger = GdbInside()
+        via = {"auto": None, "file": "shared RAM file", "proc": "/proc/<qemu-pid>/mem",
+               "gdb": "gdb physical reads"}[a.via]
+        trace = a.trace or time.strftime("s2cache-%Y%m%d-%H%M%S.jsonl")
+        try:
+            attached = watch_target(debugger, debugger.target_address(), trace=trace,
+                                    ram_file=a.ram_file, policy=a.policy, views=[GdbView()],
+                                    via=via)
+        except AttachError as exc:
+            debugger.close()
+            raise gdb.GdbError(f"s2cache: {exc}") from None
+        state.CURRENT = state.Live(attached, trace)
+        why = f" ({'; '.join(attached.skipped)})" if attached.skipped else ""
+        gdb.write(f"s2cache: watching {len(debugger.threads())} vCPU(s); ring read through "
+                  f"{attached.ram.path}{why}; trace -> {trace}\n")
+        if state.CURRENT.gdb_only:
+            gdb.write("s2cache: gdb reads only: the ring is drained when the guest stops "
+                      "(run the shim with ring_full=wait so nothing is lost)\n")
+
+
+class Stop(gdb.Command):
+    """Stop watching: drain what is left, finish the replay, print the verdict."""
+
+    def __init__(self):
+        super().__init__("s2cache stop", gdb.COMMAND_USER)
+
+    @command_errors
+    def invoke(self, arg, from_tty):
+        L = state.live()
+        result = L.close()
+        state.CURRENT = None
+        if result is None:
+            gdb.write("s2cache: stopped; the shim's ring never appeared\n")
+            return
+        policy = L.session.policy
+        left = [f for f in result.findings(policy) if f.kind not in INFO_KINDS]
+        gdb.write(f"s2cache: stopped; {len(left)} finding(s) uncovered under {policy}; "
+                  f"trace {L.trace_path}\n")
+
+
+class Status(gdb.Command):
+    """Drain path, events, vCPUs with SCTLR_EL1 M/C/I and EL, findings."""
+
+    def __init__(self):
+        super().__init__("s2cache status", gdb.COMMAND_USER)
+
+    @command_errors
+    def invoke(self, arg, from_tty):
+        L = state.live()
+        with L.busy:
+            st = L.session.status()
+        out = state.console()
+        out.print(f"ring read through {st['drain']}; policy {st['policy']}; "
+                  f"{st['events']} events ({st['records']} records, {st['lost']} lost) in "
+                  f"{st['seconds']:.1f} s; stage 2: {st['maps']} maps, {st['unmaps']} "
+                  f"unmaps; findings {st['findings']} ({st['uncovered']} uncovered)"
+                  + (f"; shim halted: {st['halted']}" if st["halted"] else "")
+                  + (f"; draining stopped: {L.error}" if L.error else ""))
+        for v in st["vcpus"]:
+            el = "-" if v["el"] is None else f"EL{v['el']}"
+            out.print(f"  vCPU {v['vcpu']}: {el} SCTLR_EL1 {v['sctlr']:#x} "
+                      f"({sctlr_flags(v['sctlr'])}){'' if v['online'] else ' offline'}")
+
+
+class Record(gdb.Command):
+    """s2cache record FILE: copy the trace so far to FILE (the session's own trace file keeps
+    growing; it is flushed after every drained batch)."""
+
+    def __init__(self):
+        super().__init__("s2cache record", gdb.COMMAND_USER, gdb.COMPLETE_FILENAME)
+
+    @command_errors
+    def invoke(self, arg, from_tty):
+        L = state.live()
+        if not arg.strip():
+            gdb.write(f"s2cache: the trace is written to {L.trace_path}\n")
+            return
+        with L.busy:
+            shutil.copyfile(L.trace_path, arg.strip())
+        gdb.write(f"s2cache: trace so far copied to {arg.strip()} (it continues in "
+                  f"{L.trace_path})\n")
+
+
+class Policy(gdb.Command):
+    """s2cache policy [P]: show or switch the policy warnings are judged by (none, rfc2013,
+    kvm, xen, fwb).  Every policy is replayed at once, so switching re-renders, it re-runs
+    nothing."""
+
+    def __init__(self):
+        super().__init__("s2cache policy", gdb.COMMAND_USER)
+
+    def complete(self, text, word):
+        return [p for p in POLICIES if p.startswith(word or "")]
+
+    @command_errors
+    def invoke(self, arg, from_tty):
+        L = state.live()
+        name = arg.strip()
+        if not name:
+            gdb.write(f"s2cache: policy {L.session.policy}\n")
+            return
+        if name not in POLICIES:
+            raise gdb.GdbError(f"s2cache: unknown policy {name!r} (one of "
+                               f"{', '.join(POLICIES)})")
+        with L.busy:
+            L.session.set_policy(name)
+            n = sum(1 for f in L.session.findings if f.kind not in INFO_KINDS)
+        gdb.write(f"s2cache: policy {name}: {n} finding(s) so far\n")
+
+
+class BreakOnHazard(gdb.Command):
+    """s2cache break-on-hazard on|off: stop the guest when a hazard is found (no breakpoint:
+    the drain thread interrupts the guest, a few ms after the event; the PC of the event is in
+    the warning).  Costs nothing while no hazard is found."""
+
+    def __init__(self):
+        super().__init__("s2cache break-on-hazard", gdb.COMMAND_USER)
+
+    def complete(self, text, word):
+        return [w for w in ("on", "off") if w.startswith(word or "")]
+
+    @command_errors
+    def invoke(self, arg, from_tty):
+        L = state.live()
+        value = arg.strip()
+        if value not in ("on", "off", ""):
+            raise gdb.GdbError("s2cache: break-on-hazard on|off")
+        if value:
+            L.break_on_hazard = value == "on"
+        gdb.write(f"s2cache: break-on-hazard {'on' if L.break_on_hazard else 'off'}\n")
+
+
+COMMANDS = (Start, Stop, Status, Record, Policy, BreakOnHazard)
