@@ -21,6 +21,9 @@ from ..target.locate import pid_listening
 from ..target.physmem import PATH_FILE, PATH_GDB, PATH_PROC, RamAccess, open_ram, ram_regions
 from .live import LiveError, LiveSession
 
+TOP_SEARCH = 128 << 20
+
+
 class AttachError(Exception):
     """The target cannot be watched (no RAM region, no way to read it): one line."""
 
@@ -140,9 +143,15 @@ def watch_target(debugger, target: str | None, *, trace, ram_file=None,
     if not vcpus:
         raise GdbError("the gdbstub shows no vCPU threads")
 
+    misses = [0]
+
     def ring() -> RingReader:
         # Read through gdb only while stopped: the shim's VBAR_EL2 tells where it runs, and
         # this repo's shim build where its ring header is inside it (else search near it).
+        # Faster ways search the top TOP_SEARCH of RAM (the shim's carve-out is there), all
+        # of it every tenth miss.
+        misses[0] += 1
+        depth = None if misses[0] % 10 == 0 else TOP_SEARCH
         near = header = None
         if access.path == PATH_GDB and debugger.has_register("VBAR_EL2"):
             near = debugger.read_register("VBAR_EL2") or None
@@ -151,7 +160,7 @@ def watch_target(debugger, target: str | None, *, trace, ram_file=None,
                 header = near - image.offset("vectors") + image.offset("shim_ring")
         try:
             return RingReader(access.mem, base, size, consume=True, header_pa=header,
-                              near=near)
+                              near=near, depth=depth)
         except RingError:
             if header is None:
                 raise

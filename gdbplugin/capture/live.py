@@ -58,6 +58,8 @@ class LiveSession:
     read, shown by ``status``; the rest is the Recorder's (QEMU's loads, the CPU model)."""
 
     RETRY_S = 0.05
+    BATCH = 16384          # ring records per pump: views hear from a busy ring often
+    LATENCY_S = 0.25       # longest a finding waits in the replay's held run
 
     def __init__(self, ring: Callable[[], RingReader | None], *, vcpus: int, trace,
                  policy: str | None = None, drain: str = "", info_roms: str = "",
@@ -80,6 +82,7 @@ class LiveSession:
         self.findings: list[Finding] = []          # the active world's, as published
         self._published_transitions = 0
         self._next_try = 0.0
+        self._flushed = time.monotonic()
 
     # -- what views read ----------------------------------------------------------------
     @property
@@ -127,12 +130,16 @@ class LiveSession:
         if ring is None:
             return 0
         try:
-            batch = ring.poll()
+            batch = ring.poll(self.BATCH)
         except RingError as exc:
             raise LiveError(f"ring: {exc}") from None
         self.stats.pumps += 1
-        if not batch:
+        now = time.monotonic()
+        if not batch or now - self._flushed > self.LATENCY_S:
+            # the ring is dry, or the replay has held an open run long enough
+            self._flushed = now
             self._publish(self.replay.flush() if self.replay else None)
+        if not batch:
             return 0
         self.stats.records += len(batch)
         if self.recorder is None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import gdb
 
-from . import show, tables, watch
+from . import show, state, tables, watch
 
 
 class S2cachePrefix(gdb.Command):
@@ -23,6 +23,7 @@ Warnings print as they happen.  `help s2cache SUBCOMMAND` for each subcommand.""
 
 
 def register() -> None:
+    gdb.events.gdb_exiting.connect(state.on_gdb_exit)       # gdb 12+
     S2cachePrefix()
     for module in (watch, show, tables):
         for cls in module.COMMANDS:

@@ -24,7 +24,8 @@ def _replay():
 
 
 class Sctlr(gdb.Command):
-    """s2cache sctlr [VCPU]: each vCPU's SCTLR_EL1 transitions (M/C/I), with PC and symbol."""
+    """s2cache sctlr [--all] [VCPU]: each vCPU's SCTLR_EL1 transitions of M, C or I, with PC
+    and symbol (--all: every SCTLR_EL1 write, e.g. Linux's per-task pointer-auth bits)."""
 
     def __init__(self):
         super().__init__("s2cache sctlr", gdb.COMMAND_USER)
@@ -32,17 +33,21 @@ class Sctlr(gdb.Command):
     @command_errors
     def invoke(self, arg, from_tty):
         L, rp = _replay()
-        only = int(arg, 0) if arg.strip() else None
+        words = arg.split()
+        every = "--all" in words
+        words = [w for w in words if w != "--all"]
+        only = int(words[0], 0) if words else None
         with L.busy:
-            ts = [t for t in rp.transitions if t["reg"] == "SCTLR_EL1"
-                  and (only is None or t["vcpu"] == only)]
+            writes = [t for t in rp.transitions if t["reg"] == "SCTLR_EL1"
+                      and (only is None or t["vcpu"] == only)]
+        shown = [t for t in writes
+                 if every or sctlr_flags(t["old"]) != sctlr_flags(t["new"])]
         out = state.console()
-        for t in ts:
+        for t in shown:
             out.print(f"seq {t['seq']:>7} vCPU {t['vcpu']}: {sctlr_flags(t['old'])} -> "
                       f"{sctlr_flags(t['new'])} ({t['old']:#x} -> {t['new']:#x})"
                       f"{at_pc(t.get('pc'))}")
-        if not ts:
-            out.print("no SCTLR_EL1 write seen")
+        out.print(f"{len(shown)} transition(s) shown of {len(writes)} SCTLR_EL1 write(s)")
 
 
 class Hazards(gdb.Command):

@@ -9,6 +9,8 @@ which runs such events even during a synchronous ``continue``.  With gdb physica
 from __future__ import annotations
 
 import functools
+import os
+import sys
 import threading
 import traceback
 
@@ -75,7 +77,6 @@ class Live:
         self.running = False
         gdb.events.stop.connect(self._on_stop)
         gdb.events.cont.connect(self._on_cont)
-        EXITING.connect(self._on_exit)
         if not self.gdb_only:
             self._thread = threading.Thread(target=self._drain, name="s2cache-drain",
                                             daemon=True)
@@ -91,9 +92,7 @@ class Live:
         if threading.current_thread() is threading.main_thread():
             self.flush()
         elif first:
-            # gdb 13 crashes at exit if a posted event never ran: only the drain thread
-            # posts, and only while the guest runs (gdb's event loop is turning then)
-            gdb.post_event(self.flush)
+            post(self.flush)
 
     def flush(self) -> None:
         with self.lock:
@@ -105,7 +104,7 @@ class Live:
     def hazard_seen(self) -> None:
         if self.break_on_hazard and self.running and not self.stop_requested:
             self.stop_requested = True
-            gdb.post_event(_interrupt)
+            post(_interrupt)
 
     # -- draining -----------------------------------------------------------------------
     def pump(self, look: bool = False) -> int:
@@ -135,21 +134,12 @@ class Live:
             pass
         self.flush()
 
-    def _on_exit(self, _event) -> None:
-        """gdb is exiting: end the thread first (a Python thread alive at gdb's exit
-        crashes it) and keep the trace complete."""
-        global CURRENT
-        self.close()
-        if CURRENT is self:
-            CURRENT = None
-
     def close(self):
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
         for registry, handler in ((gdb.events.stop, self._on_stop),
-                                  (gdb.events.cont, self._on_cont),
-                                  (EXITING, self._on_exit)):
+                                  (gdb.events.cont, self._on_cont)):
             try:
                 registry.disconnect(handler)
             except (ValueError, RuntimeError):
@@ -164,12 +154,41 @@ class Live:
 def _interrupt() -> None:
     try:
         gdb.execute("interrupt")
-    except gdb.error:
-        pass
+    except gdb.error as exc:
+        gdb.write(f"s2cache: break-on-hazard could not stop the guest: {exc}\n")
 
 
 CURRENT: Live | None = None
-EXITING = gdb.events.gdb_exiting          # gdb 12+
+_outstanding = 0                          # events posted from the drain thread, not run yet
+_posts = threading.Lock()
+
+
+def post(fn) -> None:
+    """gdb.post_event, counting what has not run yet (see ``on_gdb_exit``)."""
+    global _outstanding
+
+    def run():
+        global _outstanding
+        with _posts:
+            _outstanding -= 1
+        fn()
+    with _posts:
+        _outstanding += 1
+    gdb.post_event(run)
+
+
+def on_gdb_exit(event) -> None:
+    """gdb is exiting: end the watch (thread joined, trace complete).  gdb 13 crashes in its
+    exit handlers when an event posted from a thread never ran (batch mode: a post that raced
+    with the last stop); then leave with gdb's exit code before those handlers run."""
+    global CURRENT
+    if CURRENT is not None:
+        CURRENT.close()
+        CURRENT = None
+    if _outstanding:
+        gdb.flush()
+        sys.stdout.flush()
+        os._exit(getattr(event, "exit_code", None) or 0)
 
 
 def live() -> Live:

@@ -228,8 +228,9 @@ class RingReader:
     SCAN = 2 << 20                         # bytes read per step of the search
 
     def __init__(self, mem, base: int, size: int, *, header_pa: int | None = None,
-                 consume: bool = False, near: int | None = None):
+                 consume: bool = False, near: int | None = None, depth: int | None = None):
         self.mem = mem
+        self.depth = depth                 # search only this many bytes below the top
         self.ram_base, self.size = base, size
         self.consume = consume
         if header_pa is not None and int.from_bytes(self._read(header_pa, 8), "little") \
@@ -257,11 +258,12 @@ class RingReader:
         into RAM at a 2 MiB boundary below it), highest first: the shim's carve-out is at the
         top of RAM, so the search reads little of it.  ``near``: an address inside the shim
         (its VBAR_EL2): only the 4 MiB from the 2 MiB boundary below it are searched, all a
-        slow reader (gdb) can afford."""
+        slow reader (gdb) can afford.  Else ``depth`` (if set) bounds the search below the
+        top of RAM."""
         if near is not None and self.ram_base <= near < self.ram_base + self.size:
             lo = (near & ~((2 << 20) - 1)) - self.ram_base
             return self._scan(max(0, lo), min(self.size, lo + 2 * self.SCAN))
-        return self._scan(0, self.size)
+        return self._scan(max(0, self.size - self.depth) if self.depth else 0, self.size)
 
     def _scan(self, lo: int, hi: int) -> int | None:
         end = hi

@@ -1,0 +1,125 @@
+"""The gdb extension (gdbplugin/gdbext.py) in gdb-multiarch's batch mode, attached to QEMU
+running Debian's Linux under the shim with 2 vCPUs: every subcommand runs and says what it
+should, SCTLR transitions shown live are the ring's, `s2` agrees with the walker, and
+`break-on-hazard on` stops a `none` run at its first finding.
+
+QEMU is started paused with its gdbstub on a unix socket; the initramfs idles after its marker
+(``s2cache.hold``), and the test plays the person at the terminal: when the console shows the
+marker it stops the guest through QEMU's monitor, which ends gdb's `continue`.
+"""
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from gdbplugin.model import events as E
+from gdbplugin.model.trace import read_trace
+from gdbplugin.shim.launch import ShimParams, ShimSession, shim_config
+from gdbplugin.ui.live import sctlr_flags
+
+pytestmark = pytest.mark.qemu
+
+ROOT = Path(__file__).resolve().parents[2]
+MARKER = "S2CACHE-BOOT-OK"
+
+
+def boot_in_gdb(shim, images, tmp_path, policy: str, commands_after: list[str],
+                before: list[str] = (), until=MARKER, timeout=300):
+    """Boot Linux under the shim's ``policy`` with gdb attached and the extension watching;
+    stop the guest at ``until`` on the console (None: let gdb's continue end by itself);
+    run ``commands_after``.  Returns (gdb's stdout, the session's trace path, the walker's
+    stage-2 runs at the stop, the console)."""
+    params = ShimParams(policy=policy, poweroff_on_fatal=True)
+    config = shim_config(images / "vmlinuz", params, shim=shim, initrd=images /
+                         "initramfs.cpio.gz", append="console=ttyAMA0 panic=-1 s2cache.hold", smp=2,
+                         paused=True)
+    trace = tmp_path / f"{policy}.jsonl"
+    with ShimSession(config, shim) as s:
+        cmds = ["set pagination off", "set confirm off",
+                f"target remote {s.qemu.gdb_address}", "source gdbplugin/gdbext.py",
+                f"s2cache start --trace {trace}", *before, "continue", *commands_after]
+        argv = ["gdb-multiarch", "-batch", "-nx"] + [w for c in cmds for w in ("-ex", c)]
+        out_path = tmp_path / f"{policy}.gdb.txt"
+        with out_path.open("w") as out:
+            gdb = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + timeout
+            runs, ran = None, False
+            try:
+                while gdb.poll() is None and time.monotonic() < deadline:
+                    running = "running" in s.qemu.monitor("info status")
+                    ran |= running
+                    if ran and runs is None and not running:
+                        runs = s.stage2().mappings()      # gdb's continue ends here
+                    elif until and until in s.console():
+                        s.qemu.monitor("stop")
+                        until = None
+                    time.sleep(0.2)
+                gdb.wait(timeout=max(1.0, deadline - time.monotonic()))
+            finally:
+                if gdb.poll() is None:
+                    gdb.kill()
+        console = s.console()
+    text = out_path.read_text()
+    assert "Traceback" not in text and "internal error" not in text, text[-3000:]
+    assert gdb.returncode == 0 and "Fatal signal" not in text, text[-3000:]
+    return text, trace, runs, console
+
+
+def test_every_subcommand_on_linux_smp2(shim, images, tmp_path):
+    after = ["s2cache status", "s2cache sctlr", "s2cache sctlr --all 1", "s2cache hazards --all",
+             "s2cache s2",
+             "s2cache s2 0x40200000", "s2cache s1", "s2cache s1 $pc", "s2cache lines 0x40200000 4",
+             "s2cache policy", "s2cache policy none", "s2cache hazards", "s2cache explain 1",
+             "s2cache record " + str(tmp_path / "copy.jsonl"), "s2cache break-on-hazard",
+             "s2cache stop", "s2cache status", "echo end\\n"]
+    text, trace, runs, _ = boot_in_gdb(shim, images, tmp_path, "kvm", after)
+    assert "ring read through /proc/<qemu-pid>/mem" in text
+    # status: both vCPUs ran at EL1 with M, C and I on, events drained, nothing lost
+    m = re.search(r"policy kvm; (\d+) events \((\d+) records, 0 lost\)", " ".join(text.split()))
+    assert m and int(m.group(1)) > 10_000, text[:3000]
+    assert len(re.findall(r"vCPU [01]: EL1 SCTLR_EL1 0x[0-9a-f]+ \(MCI\)", text)) == 2
+    # SCTLR transitions shown live are the ring's (the trace holds what the ring held)
+    shown = re.findall(r"s2cache: vCPU (\d) SCTLR_EL1 (\w{3}) -> (\w{3})", text)
+    t = read_trace(trace)
+    ring = [(str(d["vcpu"]), sctlr_flags(d["old"]), sctlr_flags(d["new"]))
+            for d in t.to_dicts() if d["kind"] == "sysreg-write" and d["reg"] == "SCTLR_EL1"
+            and sctlr_flags(d["old"]) != sctlr_flags(d["new"])]
+    assert shown == ring and len({v for v, _, _ in ring}) == 2
+    # sctlr: the M/C/I history per vCPU with PCs; --all every write of one vCPU
+    assert len(re.findall(r"seq +\d+ vCPU [01]: \w{3} -> \w{3} .* pc 0x", text)) > len(ring)
+    assert f"{len(ring)} transition(s) shown of" in text
+    writes_1 = [d for d in t.to_dicts() if d["kind"] == "sysreg-write"
+                and d["reg"] == "SCTLR_EL1" and d["vcpu"] == 1]
+    shown_1 = re.search(r"(\d+) transition\(s\) shown of \1 SCTLR", text)
+    # the converter keeps a vCPU's last trapped write until that vCPU's next record (the
+    # policy's maintenance for it may follow): at most one per vCPU comes out only at stop
+    assert shown_1 and len(writes_1) - 1 <= int(shown_1.group(1)) <= len(writes_1)
+    # s2 at the stop: the walker's enumeration of the shim's stage 2, run for run
+    m = re.search(r"(\d+) runs, (0x[0-9a-f]+) bytes mapped", text)
+    assert m and int(m.group(1)) == len(runs)
+    assert int(m.group(2), 16) == sum(r.size for r in runs)
+    assert re.search(r"IPA 0x40200000 -> 0x40200000 \(level \d", text)
+    assert re.search(r"VA \(stage 1 EL1&0 TTBR1_EL1\) 0xffff[0-9a-f]+ -> 0x[0-9a-f]+", text)
+    assert "lines under kvm" in text and "0x402000c0" in text
+    assert "s2cache: policy kvm" in text and "s2cache: policy none:" in text
+    assert "whose job: the hypervisor's" in text and "covered by kvm." in text
+    assert read_trace(tmp_path / "copy.jsonl").header == t.header
+    assert re.search(r"s2cache: stopped; \d+ finding\(s\) uncovered under none", text)
+    assert "not watching" in text                    # status after stop
+
+
+def test_break_on_hazard_stops_a_none_run_at_its_first_finding(shim, images, tmp_path):
+    """Under `none` the first finding (a first map of host-loaded memory read with the MMU
+    off) comes early in the boot: the guest is interrupted there, long before the marker."""
+    text, trace, _, console = boot_in_gdb(shim, images, tmp_path, "none",
+                                          ["s2cache status", "s2cache stop"],
+                                          before=["s2cache break-on-hazard on"], until=None,
+                                          timeout=150)
+    warn = re.search(r"s2cache: #1 hazard (\S+) seq (\d+) vCPU \d pc (0x[0-9a-f]+)", text)
+    assert warn, text[-3000:]
+    assert "received signal SIGINT" in text
+    assert MARKER not in console                  # stopped before the boot got there
