@@ -220,13 +220,13 @@ class Xen(_TrapsVmRegisters):
 
     def on_host_write(self, source, pa, size):
         """Pages are flushed when Xen allocates them, and what the builder loads is flushed;
-        both invalidate the I-cache too."""
+        both invalidate the whole I-cache too (flush_page_to_ram: "we just flush the entire
+        cache here", invalidate_icache(); the builder's p2m_cache_flush_range ends with it)."""
         rule = {"host-zero": "xen.flush-on-alloc", "load": "xen.builder-flush"}.get(source)
         if rule is None:
             return []
         return [Action(rule, CLEAN_INVAL, SCOPE_RANGE, pa, size),
-                Action(rule, ICACHE_INVAL, SCOPE_ALL if source == "load" else SCOPE_RANGE,
-                       pa, size)]
+                Action(rule, ICACHE_INVAL, SCOPE_ALL, pa, size)]
 
 
 class Fwb(Kvm):

@@ -41,6 +41,7 @@ _HEADER_KEYS = {"schema", "ram", "vcpus", "policy", "source", "hcr", "host_zero_
 # "cpu": the target's cache geometry and identity (integers; "model" a string).
 _CPU_KEYS = {"ctr_el0", "clidr_el1", "midr_el1", "model"}
 _ADDR_END = 1 << 64
+_PA_END = 1 << 56               # the largest physical address size of Arm (FEAT_D128)
 
 
 class TraceError(Exception):
@@ -229,6 +230,9 @@ def _check_header(h, line: int = 1) -> _Context:
             bad(f"header: ram[{k}] has size 0")
         if base + size > _ADDR_END:
             bad(f"header: ram[{k}] [{base:#x}, {size:#x}] runs past 2^64")
+        if base + size > _PA_END:
+            bad(f"header: ram[{k}] [{base:#x}, {size:#x}] ends above 2^56, beyond any Arm "
+                f"physical address")
         ranges.append((base, size))
     ordered = sorted(ranges)
     for (b0, s0), (b1, s1) in zip(ordered, ordered[1:]):

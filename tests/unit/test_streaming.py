@@ -146,3 +146,10 @@ def test_write_many_keeps_what_came_before_a_bad_event(tmp_path):
         w.write_many([{"kind": "vcpu-on", "vcpu": 0}, {"kind": "vcpu-on", "vcpu": 3}])
     w.close()
     assert [e["kind"] for e in read_trace(path).to_dicts()] == ["vcpu-on"]
+
+
+def test_ram_beyond_any_arm_physical_address_is_refused(tmp_path):
+    """A RAM range ending above 2^56 (the largest Arm PA size) cannot be guest memory, and
+    the model's page arithmetic would overflow on one ending at 2^64: one clear line."""
+    with pytest.raises(TraceError, match="2\\^56"):
+        TraceWriter(tmp_path / "r.jsonl", {"ram": [[(1 << 64) - 4096, 4096]], "vcpus": 1})

@@ -29,6 +29,7 @@ END = 1 << 64
 RAM_KINDS = {"host-write", "guest-access", "cmo-va", "hyp-maintenance"}
 INT_MAX = {"u64": U64_MAX, "u32": (1 << 32) - 1, "u8": 255}
 RAM_BASE = 0x4000_0000
+PA_END = 1 << 56
 HEADER = {"schema": SCHEMA, "ram": [[RAM_BASE, 0x1000_0000]], "vcpus": 2}
 
 
@@ -38,8 +39,9 @@ HEADER = {"schema": SCHEMA, "ram": [[RAM_BASE, 0x1000_0000]], "vcpus": 2}
 @st.composite
 def headers(draw):
     n = draw(st.integers(1, 3))
-    edge = st.sampled_from([0, 1, 0x1000, RAM_BASE, 1 << 63, END - 0x1000, END])
-    points = draw(st.lists(st.one_of(st.integers(0, END), edge), min_size=2 * n,
+    # guest RAM lies below 2^56, the largest Arm physical address size
+    edge = st.sampled_from([0, 1, 0x1000, RAM_BASE, 1 << 55, PA_END - 0x1000, PA_END])
+    points = draw(st.lists(st.one_of(st.integers(0, PA_END), edge), min_size=2 * n,
                            max_size=2 * n, unique=True))
     points.sort()
     ram = [[points[2 * i], min(points[2 * i + 1] - points[2 * i], U64_MAX)] for i in range(n)]
@@ -635,10 +637,12 @@ def test_bad_header_is_one_line_naming_the_key(tmp_path, name):
 
 def test_every_documented_header_key_is_accepted(tmp_path):
     """The header keys of the format, each with a valid value, and the edges of the ranges:
-    2^32 vCPUs, RAM ending exactly at 2^64, ranges that touch without overlapping."""
-    h = {"schema": SCHEMA, "ram": [[U64_MAX, 1], [0, 16], [16, 16]], "vcpus": 1 << 32,
+    2^32 vCPUs, RAM ending exactly at 2^56 (the largest Arm PA size), ranges that touch
+    without overlapping."""
+    h = {"schema": SCHEMA, "ram": [[PA_END - 1, 1], [0, 16], [16, 16]], "vcpus": 1 << 32,
          "policy": "kvm", "source": "shim", "hcr": U64_MAX, "host_zero_ram": False,
          "traps_set_way": True, "writes": "tracked", "accesses": "untracked",
+         "hyp_maintenance": "tracked",
          "cpu": {"ctr_el0": 0x8444c004, "clidr_el1": 0, "midr_el1": U64_MAX, "model": "a72"},
          "meta": {"qemu": "7.2"}}
     p = tmp_path / "t.jsonl"
