@@ -13,7 +13,8 @@ there and runs one worker. A module gets N minutes of wall time (default 3), mut
 generation and the clean test run included; when they run out mutmut is stopped and what it
 finished is reported as partial. Hypothesis runs derandomized (a profile in the work tree's
 conftest.py) so that verdicts repeat, tests run cheapest first so that a kill comes early, and
-the walker fuzz test walks S2CACHE_FUZZ_IMAGES=200 images unless the variable is set.
+the walker fuzz test walks S2CACHE_FUZZ_IMAGES=200 images and the trace reader's fuzz test
+reads S2CACHE_FUZZ_TRACES=600 mutated traces unless the variables are set.
 
 mutmut 3 mutates the bodies of functions and methods only: module-level tables and constants
 are never mutated. For each mutant it runs only the selected tests that called the mutated
@@ -49,6 +50,7 @@ OUT = ROOT / "build" / "mutate"
 UNIT = "tests/unit"
 DEFAULT_MINUTES = 3.0
 FUZZ_IMAGES = "200"
+FUZZ_TRACES = "600"           # the trace reader's fuzz test: 12,000 mutated traces otherwise
 
 # The unit tests that exercise a module, by path prefix (first match wins), to which the unit
 # test files that import the module are added. mutmut runs, for each mutant, only those of
@@ -457,6 +459,7 @@ def main(argv: list[str]) -> int:
     OUT.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, S2CACHE_SKIP_QEMU="1")
     env.setdefault("S2CACHE_FUZZ_IMAGES", FUZZ_IMAGES)
+    env.setdefault("S2CACHE_FUZZ_TRACES", FUZZ_TRACES)
     env.pop("MUTANT_UNDER_TEST", None)
 
     results = []

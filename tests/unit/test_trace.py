@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import random
 import tempfile
@@ -531,14 +532,19 @@ def _mutate(r: random.Random, line: bytes) -> bytes:
     return b""                                       # blank line
 
 
+FUZZ_TRACES = int(os.environ.get("S2CACHE_FUZZ_TRACES", "12000"))
+
+
 def test_fuzz_only_trace_error_escapes():
+    """Mutated lines of a valid trace (S2CACHE_FUZZ_TRACES of them; scripts/mutate lowers it)
+    give a TraceError naming the line, or a trace that round-trips; nothing else escapes."""
     base = _fuzz_base()
     n_lines = len(base)
     r = random.Random(20240607)
     outcomes = {"error": 0, "valid": 0}
     with tempfile.TemporaryDirectory() as d:
         p = Path(d) / "f.jsonl"
-        for _ in range(12_000):
+        for _ in range(FUZZ_TRACES):
             k = r.randrange(n_lines) if r.random() < 0.9 else 0
             lines = list(base)
             lines[k] = _mutate(r, lines[k])
@@ -561,7 +567,9 @@ def test_fuzz_only_trace_error_escapes():
                 write_trace(q, t)
                 t2 = read_trace(q)
                 assert t2.to_dicts() == t.to_dicts() and np.array_equal(t2.events, t.events)
-    assert outcomes["error"] > 8_000 and outcomes["valid"] > 100, outcomes
+    # both kinds of outcome are common (about 2/3 errors, 1% valid at 12,000)
+    assert outcomes["error"] > FUZZ_TRACES * 2 // 3 and \
+        outcomes["valid"] > FUZZ_TRACES // 120, outcomes
 
 
 @settings(max_examples=300, deadline=None)
