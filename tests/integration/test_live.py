@@ -206,3 +206,38 @@ def test_attach_refuses_a_remote_gdbstub():
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "only a local gdbstub" in run.stderr
+
+
+def test_attach_when_qemu_is_killed_mid_run(shim, images, tmp_path):
+    """QEMU killed while Linux boots: `s2cache attach` says so in one line and exits 3; the
+    trace is complete up to the kill and replays to exactly the findings reported."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    params = ShimParams(policy="none", trap_cmo=True, observe=2)
+    config = shim_config(images / "vmlinuz", params, shim=shim, paused=True,
+                         initrd=images / "initramfs.cpio.gz", append="console=ttyAMA0")
+    out, trace = tmp_path / "r.json", tmp_path / "t.jsonl"
+    with ShimSession(config, shim) as s:
+        argv = [sys.executable, "-m", "gdbplugin.cli", "attach", s.qemu.gdb_address,
+                "--ram-file", str(s.qemu.ram_path), "--json", str(out), "--trace", str(trace)]
+        run = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+        deadline = time.monotonic() + 60
+        while "Booting Linux" not in s.console() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)
+        os.kill(s.qemu.pid, signal.SIGKILL)
+        _, err = run.communicate(timeout=120)
+    assert run.returncode == 3, err
+    lines = [x for x in err.splitlines() if x.startswith("s2cache:")]
+    assert any("QEMU went away" in x for x in lines), err
+    assert "Traceback" not in err
+    report = json.loads(out.read_text())
+    t = read_trace(trace)
+    assert len(t) > 1000
+    assert report["findings"] == [f.as_dict() for f in
+                                  Replay(t.header).run(t).findings("none")]
