@@ -89,10 +89,19 @@ def _write_json(dest: str, report: dict) -> None:
         raise UsageError(f"cannot write {dest}: {exc.strerror or exc}") from None
 
 
+def _gdb():
+    """gdb-multiarch under MI; a missing gdb is an environment error (exit 2)."""
+    from .target.errors import TargetError
+    from .target.gdbmi import GdbMI
+    try:
+        return GdbMI()
+    except TargetError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_inspect(args) -> int:
     from .capture.snapshot import read_vcpus, snapshot
     from .target.errors import TargetError
-    from .target.gdbmi import GdbMI
     from .target.physmem import GdbPhysMem, SharedRam
     from .target.registers import Registers
     from .ui.console import print_vcpu, print_walk
@@ -100,11 +109,7 @@ def cmd_inspect(args) -> int:
     if (args.mem_file is None) != (args.mem_base is None):
         raise UsageError("--mem-file and --mem-base go together")
     console = _console()
-    try:
-        gdb = GdbMI()
-    except TargetError as exc:
-        raise UsageError(str(exc)) from None
-    with gdb:
+    with _gdb() as gdb:
         try:
             gdb.connect(args.target)
         except TargetError as exc:
@@ -163,7 +168,6 @@ def cmd_attach(args) -> int:
     from .model.policies import POLICIES
     from .model.trace import TraceError
     from .target.errors import TargetError
-    from .target.gdbmi import GdbMI
     from .ui.live import WarningPrinter
     from .ui.report import print_findings, report
 
@@ -175,11 +179,7 @@ def cmd_attach(args) -> int:
     trace = args.trace or "s2cache-attach.jsonl"
     console = _console()
     err = Console(stderr=True)
-    try:
-        gdb = GdbMI()
-    except TargetError as exc:
-        raise UsageError(str(exc)) from None
-    with gdb:
+    with _gdb() as gdb:
         try:
             session = attach(gdb, args.target, trace=trace, ram_file=args.ram_file,
                              policy=args.policy, views=[WarningPrinter(console)],

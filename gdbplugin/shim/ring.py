@@ -21,7 +21,7 @@ import numpy as np
 from ..target.errors import TargetError
 from ..target.physmem import SharedRam
 from .abi import (ACCESS, CMO_FLAGS, DIAGS, FAULT_FLAGS, FW_CFG_CONTROL, GUEST_CMO_OPS, HEADER_SIZE,
-                  IC_OPS, KINDS, MAX_VCPUS, MEMTYPES, PERMS, POLICIES, RECORD_FORMAT,
+                  IC_OPS, KINDS, MEMTYPES, PERMS, POLICIES, RECORD_FORMAT,
                   RECORD_SIZE, RING_FULL, RING_HEADER, RING_MAGIC, RING_VERSION, RULES,
                   SET_WAY_OPS, STATS, SYSREGS, offset_of)
 

@@ -5,17 +5,19 @@ commands, a resume counter), so snapshots, walks and live sessions run the same 
 from outside.  Only importable inside gdb (``import gdb``)."""
 from __future__ import annotations
 
-from contextlib import contextmanager
-from typing import Iterable, Iterator
+from typing import Iterable
 
 import gdb  # noqa: the module gdb embeds
 
+from .debugger import Debugger
 from .errors import GdbError, MemoryAccessError, RegisterError
 
 MASK64 = (1 << 64) - 1
 
 
-class GdbInside:
+class GdbInside(Debugger):
+    """The Debugger interface (gdbplugin/target/debugger.py) over gdb's Python API."""
+
     def __init__(self):
         self.resumes = 0
         self._names: set[str] | None = None
@@ -94,16 +96,5 @@ class GdbInside:
         except gdb.MemoryError as exc:
             raise MemoryAccessError(address, len(data), str(exc)) from None
 
-    def physical_mode(self, on: bool) -> None:
-        packet = f"Qqemu.PhyMemMode:{int(on)}"
-        out = self._execute(f"maint packet {packet}")
-        if 'received: "OK"' not in out:
-            raise GdbError(f"QEMU refused {packet}: {out.strip() or 'no reply'}")
-
-    @contextmanager
-    def physical(self) -> Iterator[None]:
-        self.physical_mode(True)
-        try:
-            yield
-        finally:
-            self.physical_mode(False)
+    def maint_packet(self, packet: str) -> str:
+        return self._execute(f"maint packet {packet}")

@@ -12,13 +12,13 @@ import collections
 import re
 import subprocess
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from pygdbmi.gdbcontroller import GdbController
 
+from .debugger import Debugger
 from .errors import GdbCommandError, GdbError, GdbTimeout, MemoryAccessError
 
 GDB = "gdb-multiarch"
@@ -53,7 +53,7 @@ def mi_quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-class GdbMI:
+class GdbMI(Debugger):
     """One gdb-multiarch process driven over MI.  Use as a context manager or call close()."""
 
     def __init__(self, gdb: str = GDB, timeout: float = 10.0):
@@ -225,21 +225,8 @@ class GdbMI:
         except GdbCommandError as exc:
             raise MemoryAccessError(address, len(data), _reason(exc, cmd)) from None
 
-    def physical_mode(self, on: bool) -> None:
-        """Make memory reads physical (QEMU's ``Qqemu.PhyMemMode``) or virtual again."""
-        packet = f"Qqemu.PhyMemMode:{int(on)}"
-        console = "".join(self.command(f"maint packet {packet}").console)
-        if 'received: "OK"' not in console:
-            raise GdbError(f"QEMU refused {packet}: {console.strip() or 'no reply'}")
-
-    @contextmanager
-    def physical(self) -> Iterator[None]:
-        """Physical memory reads inside the block; virtual mode is restored on exit."""
-        self.physical_mode(True)
-        try:
-            yield
-        finally:
-            self.physical_mode(False)
+    def maint_packet(self, packet: str) -> str:
+        return "".join(self.command(f"maint packet {packet}").console)
 
     # -- registers and threads ----------------------------------------------------------
     def register_names(self) -> list[str]:
