@@ -58,7 +58,7 @@ class LiveSession:
     read, shown by ``status``; the rest is the Recorder's (QEMU's loads, the CPU model)."""
 
     RETRY_S = 0.05
-    BATCH = 16384          # ring records per pump: views hear from a busy ring often
+    BATCH = 2048           # ring records per pump: views hear from a busy ring often
     LATENCY_S = 0.25       # longest a finding waits in the replay's held run
 
     def __init__(self, ring: Callable[[], RingReader | None], *, vcpus: int, trace,

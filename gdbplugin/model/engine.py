@@ -526,10 +526,18 @@ class Replay:
         for w in self.worlds.values():
             w.cache.clear(CLEARS[op], pa, size)
 
+    def _forget_leaf(self, ipa_page: int) -> None:
+        """IPA page's leaf is gone or replaced: drop its PA, and the PA's name if it was
+        this IPA (another IPA's leaf onto the same PA is untouched)."""
+        old_pa = self.pa_of_ipa.pop(ipa_page, None)
+        if old_pa is not None and self.ipa_of_pa.get(old_pa) == ipa_page:
+            del self.ipa_of_pa[old_pa]
+
     def unmap(self, ipa: int, size: int) -> None:
         self.unmaps += 1
         for ipa_page in E.pages(ipa, size):
-            pa_page = self.pa_of_ipa.pop(ipa_page, ipa_page)
+            pa_page = self.pa_of_ipa.get(ipa_page, ipa_page)
+            self._forget_leaf(ipa_page)
             idx = self.ram.page_index(pa_page << PAGE_SHIFT)
             if idx >= 0:
                 self.mapped[idx] = False
@@ -1006,10 +1014,16 @@ class Replay:
         ipa = (ev["addr"][rep] >> np.uint64(PAGE_SHIFT)) + offset.astype(np.uint64)
         pa = (ev["pa"][rep] >> np.uint64(PAGE_SHIFT)) + offset.astype(np.uint64)
         ident = ipa == pa
-        if not ident.all():
-            for i, p in zip(ipa[~ident].tolist(), pa[~ident].tolist()):
-                self.pa_of_ipa[i] = p
-                self.ipa_of_pa[p] = i
+        if not ident.all() or self.pa_of_ipa:
+            # the latest leaf alone says where an IPA goes: forget what it replaced
+            for i, p in zip(ipa.tolist(), pa.tolist()):
+                if i != p or i in self.pa_of_ipa or p in self.ipa_of_pa:
+                    self._forget_leaf(i)
+                    if i != p:
+                        self.pa_of_ipa[i] = p
+                        self.ipa_of_pa[p] = i          # the latest IPA to name this PA
+                    else:
+                        self.ipa_of_pa.pop(p, None)
         page = self.ram.page_index(pa << np.uint64(PAGE_SHIFT))
         ram = page >= 0
         written = ram & (answer[rep] == E.ACCESS.index("write")) \
