@@ -28,15 +28,15 @@ MARKER = "S2CACHE-BOOT-OK"
 
 
 def boot_in_gdb(shim, images, tmp_path, policy: str, commands_after: list[str],
-                before: list[str] = (), until=MARKER, timeout=300):
+                before: list[str] = (), until=MARKER, timeout=300, smp=2):
     """Boot Linux under the shim's ``policy`` with gdb attached and the extension watching;
     stop the guest at ``until`` on the console (None: let gdb's continue end by itself);
     run ``commands_after``.  Returns (gdb's stdout, the session's trace path, the walker's
     stage-2 runs at the stop, the console)."""
     params = ShimParams(policy=policy, poweroff_on_fatal=True)
-    config = shim_config(images / "vmlinuz", params, shim=shim, initrd=images /
-                         "initramfs.cpio.gz", append="console=ttyAMA0 panic=-1 s2cache.hold", smp=2,
-                         paused=True)
+    config = shim_config(images / "vmlinuz", params, shim=shim,
+                         initrd=images / "initramfs.cpio.gz",
+                         append="console=ttyAMA0 panic=-1 s2cache.hold", smp=smp, paused=True)
     trace = tmp_path / f"{policy}.jsonl"
     with ShimSession(config, shim) as s:
         cmds = ["set pagination off", "set confirm off",
@@ -114,11 +114,12 @@ def test_every_subcommand_on_linux_smp2(shim, images, tmp_path):
 
 def test_break_on_hazard_stops_a_none_run_at_its_first_finding(shim, images, tmp_path):
     """Under `none` the first finding (a first map of host-loaded memory read with the MMU
-    off) comes early in the boot: the guest is interrupted there, long before the marker."""
+    off) comes early in the boot: the guest is interrupted there, long before the marker.
+    One vCPU, so that QEMU's TCG thread and the drain thread each have a core of the two."""
     text, trace, _, console = boot_in_gdb(shim, images, tmp_path, "none",
                                           ["s2cache status", "s2cache stop"],
                                           before=["s2cache break-on-hazard on"], until=None,
-                                          timeout=150)
+                                          timeout=150, smp=1)
     warn = re.search(r"s2cache: #1 hazard (\S+) seq (\d+) vCPU \d pc (0x[0-9a-f]+)", text)
     assert warn, text[-3000:]
     assert "received signal SIGINT" in text
