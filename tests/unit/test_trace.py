@@ -12,6 +12,7 @@ import json
 import os
 import pickle
 import random
+import re
 import tempfile
 from pathlib import Path
 
@@ -1081,3 +1082,228 @@ def test_write_many_flushes_once_and_keeps_what_came_before_a_bad_event():
     empty = w.write_many([])
     assert len(empty) == 0 and empty.events.dtype == EVENT_DTYPE
     assert len(f.getvalue().splitlines()) == 5 and f.getvalue().endswith("}\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Details of the contract that the tests above leave open.
+
+def test_trace_error_args_rebuild_the_same_error():
+    """A TraceError carries (line, message) as its args, as Python exceptions carry what
+    their constructor took: TraceError(*e.args) is the same error, line and text."""
+    for line, msg in ((7, "bad thing"), (None, "cannot read x")):
+        e = TraceError(line, msg)
+        assert e.args == (line, msg)
+        again = TraceError(*e.args)
+        assert again.line == e.line and str(again) == str(e)
+
+
+def test_wrong_types_and_ranges_are_named_exactly_in_errors():
+    """The kind of problem is given in parentheses after the value, as JSON names the type
+    (or 'out of range' for an integer); the bad value itself follows 'got'."""
+    w = TraceWriter(io.StringIO(), HEADER)
+    for v, what in (("4096", "not an integer (string)"), (1.5, "not an integer (number)"),
+                    ([1], "not an integer (array)"), ({"a": 1}, "not an integer (object)"),
+                    (True, "not an integer (bool)"), (1 << 64, "out of range")):
+        with pytest.raises(TraceError) as ei:
+            w.write({"kind": "vcpu-on", "vcpu": 0, "pc": v})
+        assert str(ei.value).startswith('line 2: vcpu-on: field "pc" must be an integer')
+        assert f"got {json.dumps(v)} ({what})" in str(ei.value), (v, str(ei.value))
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "vcpu-on", "vcpu": 0, "reinit": 256})
+    assert "\"reinit\" must be an integer in 0..255, got 256 (out of range)" in str(ei.value)
+    for ev, field, shown in (({"kind": "set-way", "vcpu": 0, "op": "dcisw"}, "op", '"dcisw"'),
+                             ({"kind": "tlbi", "vcpu": 0, "op": 5}, "op", "5"),
+                             ({"kind": "sysreg-write", "vcpu": 0, "reg": 7, "old": 0, "new": 1},
+                              "reg", "7")):
+        with pytest.raises(TraceError) as ei:
+            w.write(ev)
+        s = str(ei.value)
+        assert s.startswith(f'line 2: {ev["kind"]}: field "{field}" must be'), s
+        assert f"got {shown}" in s, s
+
+
+def test_a_value_of_no_json_type_is_named_by_its_own_type():
+    """Only the writer can be handed a value that JSON has no type for (a tuple, bytes): the
+    error names that value's Python type rather than calling it anything else."""
+    w = TraceWriter(io.StringIO(), HEADER)
+    for v, name in (((1, 2), "tuple"), (b"ab", "bytes")):
+        with pytest.raises(TraceError) as ei:
+            w.write({"kind": "vcpu-on", "vcpu": 0, "pc": v})
+        assert f"(not an integer ({name}))" in str(ei.value), str(ei.value)
+        with pytest.raises(TraceError) as ei:
+            w.write({"kind": "tlbi", "vcpu": 0, "op": v})
+        assert str(ei.value).endswith(f"({name})"), str(ei.value)
+
+
+def test_a_shortened_value_ends_with_an_ellipsis():
+    """A long value in a message is its JSON text cut short and followed by '...', nothing
+    in between."""
+    w = TraceWriter(io.StringIO(), HEADER)
+    with pytest.raises(TraceError) as ei:
+        w.write({"kind": "tlbi", "vcpu": 0, "op": ["x" * 200]})
+    assert re.search(r'got \["x+\.\.\. \(array\)$', str(ei.value)), str(ei.value)
+
+
+def test_a_mapped_name_field_without_other_is_refused_at_compile_time(monkeypatch):
+    """A string field whose names index a column (like "reg" and REGS) must have an 'other'
+    for the names outside the list; a schema without it fails loudly, naming the field."""
+    from gdbplugin.model.events import Field
+    monkeypatch.setattr(T, "enum_values", lambda kind, name: ("A", "B"))
+    with pytest.raises(RuntimeError, match=r"sysreg-write\.reg: .*'other'"):
+        T._compile("sysreg-write", (Field("reg", "str", "reg"),))
+
+
+def test_writer_refuses_a_header_the_reader_could_not_read():
+    """Whatever the writer accepts the reader reads back: a header holding NaN or Infinity
+    (which JSON has no text for) is refused at line 1 instead of written."""
+    for bad in (float("nan"), float("inf")):
+        buf = io.StringIO()
+        with pytest.raises(TraceError) as ei:
+            TraceWriter(buf, {**HEADER, "meta": {"x": bad}})
+        assert ei.value.line == 1 and "\n" not in str(ei.value)
+        assert "NaN" not in buf.getvalue() and "Infinity" not in buf.getvalue()
+
+
+def test_writer_to_a_binary_file_known_by_its_mode(tmp_path):
+    """A binary file is written as bytes even when it is not an io class but says so by its
+    mode (a tempfile wrapper)."""
+    with tempfile.NamedTemporaryFile(mode="wb", dir=tmp_path, suffix=".jsonl",
+                                     delete=False) as f:
+        with TraceWriter(f, HEADER) as w:
+            w.write({"kind": "vcpu-off", "vcpu": 1})
+    t = read_trace(f.name)
+    assert t.header == HEADER and t.to_dicts() == [{"seq": 0, "kind": "vcpu-off", "vcpu": 1}]
+
+
+def test_write_trace_flushes_once_at_the_end(tmp_path):
+    """write_trace validates line by line but flushes once, at the end, and the file holds
+    the whole trace."""
+    p = tmp_path / "t.jsonl"
+    write_lines(p, base_lines())
+    t = read_trace(p)
+    f = _CountingIO()
+    write_trace(f, t)
+    assert f.flushes == 1
+    assert [json.loads(x) for x in f.getvalue().splitlines()] == [HEADER] + BASE_EVENTS
+
+
+def test_a_line_that_is_not_an_event_shows_what_it_holds(tmp_path):
+    """A line that is JSON but no event object, or whose seq is no integer, is named with the
+    value found there."""
+    p = tmp_path / "t.jsonl"
+    for line, shown in (("[1, 2, 3]", "got [1, 2, 3]"),
+                        ('{"seq": "7", "kind": "vcpu-off", "vcpu": 0}', 'got "7"')):
+        write_lines(p, [json.dumps(HEADER), line])
+        with pytest.raises(TraceError) as ei:
+            read_trace(p)
+        assert ei.value.line == 2 and str(ei.value).endswith(shown), str(ei.value)
+
+
+def test_an_unexpected_failure_on_the_header_is_a_trace_error_on_line_1(tmp_path, monkeypatch):
+    """Nothing but TraceError leaves read_trace, also when checking the header itself fails
+    unexpectedly: an internal error on line 1."""
+    p = tmp_path / "t.jsonl"
+    write_lines(p, [json.dumps(HEADER), '{"seq":0,"kind":"vcpu-off","vcpu":0}'])
+
+    def boom(h, line=1):
+        raise KeyError("oops")
+    monkeypatch.setattr(T, "_check_header", boom)
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    assert ei.value.line == 1 and "internal error: KeyError" in str(ei.value)
+
+
+def test_a_header_that_is_not_json_says_why(tmp_path):
+    """The header line's syntax error is named like an event line's: with its column."""
+    p = tmp_path / "t.jsonl"
+    write_lines(p, ['{"schema": ,}'])
+    with pytest.raises(TraceError, match=r"^line 1: not valid JSON: .*\(column \d+\)$"):
+        read_trace(p)
+
+
+def test_a_line_without_escapes_is_parsed_once(tmp_path, monkeypatch):
+    """Duplicate keys are ruled out by counting quotes when a line has no backslash, so such
+    an event line (free strings, register names and enums included) is not parsed a second
+    time by the strict parser; a line with an escape is."""
+    calls = []
+    strict = T._loads_strict
+
+    def counting(text):
+        calls.append(text)
+        return strict(text)
+    monkeypatch.setattr(T, "_loads_strict", counting)
+    lines = [x.decode() for x in _fuzz_base()]
+    p = tmp_path / "t.jsonl"
+    write_lines(p, lines)
+    t = read_trace(p)
+    assert len(t) == len(lines) - 1
+    escaped = [x for x in lines[1:] if "\\" in x]
+    assert escaped and len(escaped) < len(lines) - 1
+    assert [c.rstrip("\n") for c in calls] == [lines[0]] + escaped
+
+
+def test_a_bad_header_shows_the_value_found(tmp_path):
+    """A header that is not an object, a foreign schema and a bad vcpus are each named with
+    the value found; unknown keys are listed, then the known ones, comma-separated."""
+    p = tmp_path / "t.jsonl"
+    for header, shown in (('"s2cache.trace/1"', 'got "s2cache.trace/1"'),
+                          (json.dumps({**HEADER, "schema": "foo/1"}), 'schema is "foo/1"'),
+                          (json.dumps({**HEADER, "vcpus": 0}), "got 0")):
+        write_lines(p, [header])
+        with pytest.raises(TraceError) as ei:
+            read_trace(p)
+        assert ei.value.line == 1 and shown in str(ei.value), str(ei.value)
+    write_lines(p, [json.dumps({**HEADER, "a": 1, "b": 2})])
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    s = str(ei.value)
+    assert 'unknown key(s) "a", "b"' in s, s
+    known = s.split("(known: ", 1)[1].rstrip(")").split(", ")
+    assert {"schema", "ram", "vcpus", "policy", "hcr", "host_zero_ram", "meta", "cpu",
+            "writes", "accesses", "hyp_maintenance", "traps_set_way", "source"} == set(known)
+
+
+def test_a_bare_carriage_return_does_not_end_a_line(tmp_path):
+    """Lines end with a newline (a CR before it is JSON whitespace): two events separated by a
+    lone CR are one bad line, not two events."""
+    p = tmp_path / "t.jsonl"
+    ev0 = '{"seq":0,"kind":"vcpu-off","vcpu":0}'
+    ev1 = '{"seq":1,"kind":"vcpu-off","vcpu":1}'
+    write_lines(p, [json.dumps(HEADER), ev0 + "\r" + ev1])
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    assert ei.value.line == 2 and "not valid JSON" in str(ei.value), str(ei.value)
+
+
+def test_header_values_are_named_with_what_they_must_be(tmp_path):
+    """Each bad header value is named with the value found and what it must be (the ranges
+    and words of the format); RAM must end at or below 2^56, the largest Arm physical
+    address size, even where it stays below 2^64."""
+    cases = [
+        ({**HEADER, "ram": None}, 'line 1: header: "ram" is required'),
+        ({**HEADER, "ram": "lots"}, 'got "lots"'),
+        ({**HEADER, "ram": [[0, 16], [32, "x"]]}, 'ram[1] must be [base, size] with integers'
+                                                  ' in 0..2^64-1, got [32, "x"]'),
+        ({**HEADER, "ram": [[PA_END - 0x1000, 0x2000]]}, "ram[0]"),
+        ({**HEADER, "ram": [[PA_END, 1]]}, "ram[0]"),
+        ({**HEADER, "hcr": -1}, '"hcr" must be an integer in 0..2^64-1, got -1'),
+        ({**HEADER, "hyp_maintenance": "all"},
+         '"hyp_maintenance" must be "tracked" or "untracked", got "all"'),
+        ({**HEADER, "policy": 5}, '"policy" must be a string, got 5'),
+        ({**HEADER, "cpu": {"midr_el1": "x"}}, 'cpu.midr_el1 must be an integer, got "x"'),
+    ]
+    p = tmp_path / "t.jsonl"
+    for h, fragment in cases:
+        write_lines(p, [json.dumps(h)])
+        with pytest.raises(TraceError) as ei:
+            read_trace(p)
+        assert ei.value.line == 1 and fragment in str(ei.value), (h, str(ei.value))
+    for h in ({**HEADER, "ram": [[PA_END - 0x1000, 0x2000]]}, {**HEADER, "ram": [[PA_END, 1]]}):
+        write_lines(p, [json.dumps(h)])
+        with pytest.raises(TraceError, match=r"2\^56"):
+            read_trace(p)
+    write_lines(p, [json.dumps({**HEADER, "cpu": {"ctr": 1}})])
+    with pytest.raises(TraceError) as ei:
+        read_trace(p)
+    known = str(ei.value).split("(known: ", 1)[1].rstrip(")").split(", ")
+    assert set(known) == {"ctr_el0", "clidr_el1", "midr_el1", "model"}, str(ei.value)
