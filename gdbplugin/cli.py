@@ -164,7 +164,7 @@ def cmd_replay(args) -> int:
 
 def cmd_attach(args) -> int:
     from .capture.attach import AttachError, attach
-    from .target.physmem import PATH_FILE, PATH_GDB, PATH_PROC
+    from .target.physmem import VIA
     from .model.policies import POLICIES
     from .model.trace import TraceError
     from .target.errors import TargetError
@@ -175,7 +175,6 @@ def cmd_attach(args) -> int:
         raise UsageError(f"unknown policy {args.policy!r} (one of {', '.join(POLICIES)})")
     if args.via == "file" and not args.ram_file:
         raise UsageError("--via file needs --ram-file")
-    VIA = {"auto": None, "file": PATH_FILE, "proc": PATH_PROC, "gdb": PATH_GDB}
     trace = args.trace or "s2cache-attach.jsonl"
     console = _console()
     err = Console(stderr=True)

@@ -13,6 +13,7 @@ from ..capture.attach import AttachError, watch_target
 from ..model.hazards import INFO_KINDS
 from ..model.policies import POLICIES
 from ..target.gdbinside import GdbInside
+from ..target.physmem import VIA
 from ..ui.live import finding_line, sctlr_flags
 from . import state
 from .state import command_errors
@@ -84,13 +85,12 @@ transitions and hazard warnings as they happen.  The guest must be stopped; cont
         p.add_argument("--policy", choices=list(POLICIES))
         p.add_argument("--trace")
         p.add_argument("--ram-file")
-        p.add_argument("--via", choices=["auto", "file", "proc", "gdb"], default="auto")
+        p.add_argument("--via", choices=list(VIA), default="auto")
         a = p.parse_args(shlex.split(arg))
         if gdb.selected_inferior().pid == 0 and not gdb.selected_inferior().threads():
             raise gdb.GdbError("s2cache: gdb is not attached to QEMU (target remote first)")
         debugger = GdbInside()
-        via = {"auto": None, "file": "shared RAM file", "proc": "/proc/<qemu-pid>/mem",
-               "gdb": "gdb physical reads"}[a.via]
+        via = VIA[a.via]
         trace = a.trace or time.strftime("s2cache-%Y%m%d-%H%M%S.jsonl")
         try:
             attached = watch_target(debugger, debugger.target_address(), trace=trace,

@@ -242,6 +242,8 @@ def ram_regions(info_mtree: str) -> list[tuple[int, int, str]]:
 
 PATH_FILE, PATH_PROC, PATH_GDB = ("shared RAM file", "/proc/<qemu-pid>/mem",
                                  "gdb physical reads")
+# The user's word for each way in (``--via``): None lets ``open_ram`` take the fastest.
+VIA = {"auto": None, "file": PATH_FILE, "proc": PATH_PROC, "gdb": PATH_GDB}
 
 
 @dataclass
