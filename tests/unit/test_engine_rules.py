@@ -1464,3 +1464,50 @@ def test_a_second_ipa_onto_the_same_pa_leaves_the_first_leaf_alone(tmp_path):
                           {"kind": "s2-attr", "ipa": A, "size": PAGE, "memattr": DEVICE},
                           host(B)])
     assert [f.pa for f in found(r, "none", "mismatched-alias")] == [B]
+
+
+def attr(ipa, memattr=WB, xn=0, size=PAGE):
+    return {"kind": "s2-attr", "ipa": ipa, "size": size, "memattr": memattr, "xn": xn}
+
+
+def test_a_fault_after_its_leaf_moved_takes_effect_at_the_new_pa(tmp_path):
+    """Within one vectorized run, the map that moves an IPA (A -> B, a non-identity leaf as a
+    real hypervisor's stage 2 has) decides where the faults and attribute changes after it
+    land: the permission fault's write goes to B, cacheably (dirty) while the leaf is
+    Normal WB, non-cacheably (stale: stage 2 Device overrides stage 1, Arm ARM D8.2.9) once
+    an s2-attr makes it Device.  Nothing lands on A, which the IPA no longer names."""
+    head = [on(), sctlr(OFF, MC_ON), *fault_map(A, "read", pa=B)]
+    r = replay(tmp_path, head + [fault(A, "write")])
+    assert bits(r, "kvm", "dirty", B) == (1 << 64) - 1
+    assert bits(r, "kvm", "stale", B) == 0
+    r = replay(tmp_path, head + [attr(A, DEVICE), fault(A, "write")])
+    assert bits(r, "kvm", "stale", B) == (1 << 64) - 1
+    assert bits(r, "kvm", "dirty", B) == 0
+    for state in ("dirty", "stale", "code"):
+        assert bits(r, "kvm", state, A) == 0
+
+
+def test_linux_new_code_pattern_in_one_run(tmp_path):
+    """What a Linux guest does to each page of new code (its boot's most common events):
+    a read fault and map, a write fault (KVM's relax_perms answers it with an s2-attr that
+    keeps the memory type), DC CVAU + IC IVAU per line.  IC IVAU clears the code state of
+    exactly its line (until the page is written again), DC CVAU (to PoU) no dirty state;
+    the attribute changes between two writes of a page keep the type, and a later DC CIVAC
+    cleans only the lines it names.  An s2-attr that does change the type between two writes of a page
+    makes the second write non-cacheable (stale as well as dirty)."""
+    events = [on(), sctlr(OFF, MC_ON)]
+    pages = [A + i * PAGE for i in range(6)]
+    for p in pages:
+        events += [*fault_map(p, "read"), fault(p, "write"), attr(p)]
+        events += [dc("cvau", p + LINE, LINE),
+                   {"kind": "ic-inval", "vcpu": 0, "op": "ivau", "pa": p + LINE, "size": LINE}]
+    events += [fault(pages[0], "write"), attr(pages[0]), dc("civac", pages[0], LINE)]
+    r = replay(tmp_path, events)
+    full = (1 << 64) - 1
+    for p in pages:
+        again = p == pages[0]           # written again after its IC IVAU: code state again
+        assert bits(r, "kvm", "code", p) == (full if again else full & ~(1 << 1))
+        assert bits(r, "kvm", "dirty", p) == (full & ~1 if again else full)
+    r = replay(tmp_path, events + [attr(pages[1], NC), fault(pages[1], "write")])
+    assert bits(r, "kvm", "stale", pages[1]) == full
+    assert bits(r, "kvm", "dirty", pages[1]) == full

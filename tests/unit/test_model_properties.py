@@ -4,6 +4,7 @@ to find, and the shadow cache's range operations match a naive line-by-line mode
 from __future__ import annotations
 
 import io
+import os
 
 import numpy as np
 from hypothesis import HealthCheck, given, settings
@@ -15,7 +16,9 @@ from gdbplugin.model.hazards import INFO_KINDS
 from gdbplugin.model.trace import TraceWriter, read_trace
 
 BASE, SIZE, PAGES = 0x4000_0000, 64 * 4096, 64
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+# S2CACHE_PROP_EXAMPLES: more random traces for a longer search (an engine change).
+SETTINGS = settings(max_examples=int(os.environ.get("S2CACHE_PROP_EXAMPLES", 150)),
+                    deadline=None, suppress_health_check=list(HealthCheck))
 SCTLR_VALUES = [0, 0x1000, 0x1005, 0x5, 0x1001]
 
 
@@ -27,8 +30,8 @@ def _page(draw):
 def event(draw, vcpus):
     v = draw(st.integers(0, vcpus - 1))
     kind = draw(st.sampled_from(["fault-map"] * 6 + [
-        "sysreg", "cmo", "guest-write", "host-write", "set-way", "ic", "hyp", "unmap",
-        "vcpu-on"]))
+        "sysreg", "cmo", "cmo", "guest-write", "host-write", "set-way", "ic", "ivau", "ivau",
+        "hyp", "unmap", "vcpu-on", "perm-fault", "perm-fault", "attr", "attr"]))
     if kind == "fault-map":
         pa = _page(draw)
         ipa = draw(st.sampled_from([pa, pa ^ 0x1000_0000]))
@@ -36,6 +39,21 @@ def event(draw, vcpus):
         return [{"kind": "s2-fault", "vcpu": v, "ipa": ipa, "access": access},
                 {"kind": "s2-map", "ipa": ipa, "pa": pa, "size": 4096,
                  "memattr": draw(st.sampled_from([0xF, 0xF, 0x5, 0x1])), "vcpu": v}]
+    if kind == "perm-fault":        # on a page that may be mapped already: takes effect now
+        pa = _page(draw)
+        ipa = draw(st.sampled_from([pa, pa ^ 0x1000_0000]))
+        return [{"kind": "s2-fault", "vcpu": v, "ipa": ipa,
+                 "access": draw(st.sampled_from(["write", "exec"]))}]
+    if kind == "attr":              # a leaf's attributes change (KVM relaxes permissions)
+        pa = _page(draw)
+        return [{"kind": "s2-attr", "ipa": draw(st.sampled_from([pa, pa ^ 0x1000_0000])),
+                 "size": draw(st.sampled_from([4096, 4096, 8192])),
+                 "memattr": draw(st.sampled_from([0xF, 0x5, 0x1])),
+                 "xn": draw(st.sampled_from([0, 2]))}]
+    if kind == "ivau":
+        pa = _page(draw) + draw(st.integers(0, 63)) * 64
+        ivau = {"kind": "ic-inval", "vcpu": v, "op": "ivau", "pa": pa}
+        return [ivau | ({"size": 64} if draw(st.booleans()) else {})]
     if kind == "sysreg":
         return [{"kind": "sysreg-write", "vcpu": v, "reg": "SCTLR_EL1",
                  "old": draw(st.sampled_from(SCTLR_VALUES)),
