@@ -168,7 +168,7 @@ def cmd_attach(args) -> int:
     from .model.policies import POLICIES
     from .model.trace import TraceError
     from .target.errors import TargetError
-    from .ui.live import WarningPrinter
+    from .ui.live import WarningPrinter, dropped_line
     from .ui.report import print_findings, report
 
     if args.policy is not None and args.policy not in POLICIES:
@@ -212,12 +212,15 @@ def cmd_attach(args) -> int:
         out["stats"]["live"] = {k: v for k, v in live.status().items() if k != "vcpus"}
         _write_json(args.json, out)
     halted = live.ring.header().halted if live.ring else None
-    if halted:
-        print(f"s2cache: the shim halted: {halted}", file=sys.stderr)
-        return EXIT_TARGET
+    failed = [f"s2cache: the shim halted: {halted}"] if halted else []
     if why == "qemu-exited":
-        print(f"s2cache: QEMU went away ({'; '.join(session.notes)}); the trace holds what "
-              f"was drained", file=sys.stderr)
+        failed.append(f"s2cache: QEMU went away ({'; '.join(session.notes)}); the trace holds "
+                      f"what was drained")
+    if live.dropped:               # the capture is incomplete: not a verdict of 0 or 1
+        failed.append(dropped_line(live.dropped))
+    for line in failed:
+        print(line, file=sys.stderr)
+    if failed:
         return EXIT_TARGET
     return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
 

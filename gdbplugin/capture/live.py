@@ -10,8 +10,13 @@ the views: SCTLR/HCR transitions, stage-2 map counts, findings of the active pol
 each once.  When the ring is dry the replay's held run is flushed, so a quiet guest's findings
 come out within one pump.
 
+Records the shim dropped because its ring was full (``ring_full=drop``), or that were
+overwritten before they were read, are counted from the ring header whenever the ring runs dry;
+the first such loss is published at once (``dropped``): findings may be missing from then on,
+and nothing says so silently.
+
 Views are plain objects with any of ``transition(session, t)``, ``finding(session, f)``,
-``progress(session)`` and ``ended(session, result)``; the gdb extension, the rich console and
+``dropped(session, n)``, ``progress(session)`` and ``ended(session, result)``; the gdb extension, the rich console and
 the JSON report are views (gdbplugin/ui/).
 """
 from __future__ import annotations
@@ -81,6 +86,7 @@ class LiveSession:
         self.vcpu = [VcpuView() for _ in range(vcpus)]
         self.findings: list[Finding] = []          # the active world's, as published
         self._published_transitions = 0
+        self.dropped = 0                           # records the ring lost, as last counted
         self._next_try = 0.0
         self._flushed = time.monotonic()
 
@@ -111,7 +117,7 @@ class LiveSession:
         return {"drain": self.drain, "policy": self.policy, "records": s.records,
                 "events": s.events, "maps": s.maps, "unmaps": s.unmaps,
                 "seconds": time.monotonic() - s.started,
-                "lost": ring.lost if ring else 0,
+                "lost": ring.lost if ring else 0, "dropped": self.dropped,
                 "vcpus": [{"vcpu": i, "el": v.el, "sctlr": v.sctlr, "online": v.online}
                           for i, v in enumerate(self.vcpu)],
                 "findings": len(self.findings),
@@ -140,6 +146,7 @@ class LiveSession:
             self._flushed = now
             self._publish(self.replay.flush() if self.replay else None)
         if not batch:
+            self._count_dropped(ring)
             return 0
         self.stats.records += len(batch)
         if self.recorder is None:
@@ -197,6 +204,20 @@ class LiveSession:
                 now = time.monotonic()
                 self._next_try = now + max(self.RETRY_S, 2 * (now - started))
         return self._ring
+
+    def _count_dropped(self, ring: RingReader) -> None:
+        """Records the shim dropped (ring full) and records overwritten before we read them;
+        views hear of the first loss."""
+        try:
+            dropped = ring.header().overflow + ring.lost
+        except RingError:
+            return                                 # the ring vanished: pump says so next
+        if dropped > self.dropped:
+            first = self.dropped == 0
+            self.dropped = dropped
+            if first:
+                for view in self.views:
+                    _call(view, "dropped", self, dropped)
 
     def _consume(self, chunk) -> None:
         if chunk is None:

@@ -24,6 +24,7 @@ Warnings print as they happen.  `help s2cache SUBCOMMAND` for each subcommand.""
 
 def register() -> None:
     gdb.events.gdb_exiting.connect(state.on_gdb_exit)       # gdb 12+
+    gdb.events.connection_removed.connect(watch.on_connection_removed)   # gdb 11+
     S2cachePrefix()
     for module in (watch, show, tables):
         for cls in module.COMMANDS:

@@ -14,7 +14,7 @@ from ..model.hazards import INFO_KINDS
 from ..model.policies import POLICIES
 from ..target.gdbinside import GdbInside
 from ..target.physmem import VIA
-from ..ui.live import finding_line, sctlr_flags
+from ..ui.live import dropped_line, finding_line, sctlr_flags
 from . import state
 from .state import command_errors
 
@@ -33,6 +33,9 @@ class GdbView:
             state.live().say(lambda: f"[cyan]s2cache: vCPU {t['vcpu']} SCTLR_EL1 "
                              f"{sctlr_flags(t['old'])} -> {sctlr_flags(t['new'])}"
                              f"{at_pc(t.get('pc'))}[/cyan]")
+
+    def dropped(self, session, n):
+        state.live().say(f"[bold red]{escape(dropped_line(n))}[/bold red]")
 
     def finding(self, session, f):
         L = state.live()
@@ -116,16 +119,30 @@ class Stop(gdb.Command):
 
     @command_errors
     def invoke(self, arg, from_tty):
-        L = state.live()
-        result = L.close()
-        state.CURRENT = None
-        if result is None:
-            gdb.write("s2cache: stopped; the shim's ring never appeared\n")
-            return
-        policy = L.session.policy
-        left = [f for f in result.findings(policy) if f.kind not in INFO_KINDS]
-        gdb.write(f"s2cache: stopped; {len(left)} finding(s) uncovered under {policy}; "
-                  f"trace {L.trace_path}\n")
+        end_watch("stopped")
+
+
+def end_watch(why: str) -> None:
+    """End the watch: drain what is left, finish the replay, one line of verdict."""
+    L = state.live()
+    result = L.close()                     # what it publishes still prints through L
+    state.CURRENT = None
+    if result is None:
+        gdb.write(f"s2cache: {why}; the shim's ring never appeared\n")
+        return
+    policy = L.session.policy
+    left = [f for f in result.findings(policy) if f.kind not in INFO_KINDS]
+    gdb.write(f"s2cache: {why}; {len(left)} finding(s) uncovered under {policy}; "
+              f"trace {L.trace_path}"
+              + (f" ({L.session.dropped} ring records lost)" if L.session.dropped else "")
+              + "\n")
+
+
+def on_connection_removed(_event) -> None:
+    """gdb left QEMU (``detach``, ``disconnect``, the connection closed): the watch ends
+    there, with what could still be drained, instead of outliving its target."""
+    if state.CURRENT is not None:
+        end_watch("gdb is no longer attached to QEMU, watch ended")
 
 
 class Status(gdb.Command):
@@ -141,7 +158,7 @@ class Status(gdb.Command):
             st = L.session.status()
         out = state.console()
         out.print(f"ring read through {st['drain']}; policy {st['policy']}; "
-                  f"{st['events']} events ({st['records']} records, {st['lost']} lost) in "
+                  f"{st['events']} events ({st['records']} records, {st['dropped']} lost) in "
                   f"{st['seconds']:.1f} s; stage 2: {st['maps']} maps, {st['unmaps']} "
                   f"unmaps; findings {st['findings']} ({st['uncovered']} uncovered)"
                   + (f"; shim halted: {st['halted']}" if st["halted"] else "")

@@ -43,8 +43,17 @@ class WarningPrinter:
         self.console.print(f"[cyan]vCPU {t['vcpu']} SCTLR_EL1 {sctlr_flags(old)} -> "
                            f"{sctlr_flags(new)}{pc}[/cyan]", highlight=False)
 
+    def dropped(self, session, n: int) -> None:
+        self.console.print(f"[bold red]{escape(dropped_line(n))}[/bold red]", highlight=False)
+
     def finding(self, session, f: Finding) -> None:
         style = "dim" if f.kind in INFO_KINDS else "bold red"
         tag = "info" if f.kind in INFO_KINDS else "hazard"
         self.console.print(f"[{style}]{tag}: {escape(finding_line(f))}[/{style}]",
                            highlight=False)
+
+
+def dropped_line(n: int) -> str:
+    """The one line that says the ring lost records."""
+    return (f"s2cache: {n} ring record(s) lost (the ring was full; run the shim with "
+            f"ring_full=wait so nothing is lost): findings may be missing from here on")

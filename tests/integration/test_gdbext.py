@@ -16,15 +16,19 @@ from pathlib import Path
 
 import pytest
 
-from gdbplugin.model import events as E
+from gdbplugin.model.engine import Replay
+from gdbplugin.model.hazards import INFO_KINDS
 from gdbplugin.model.trace import read_trace
 from gdbplugin.shim.launch import ShimParams, ShimSession, shim_config
+from gdbplugin.target.qemu import Loader
 from gdbplugin.ui.live import sctlr_flags
 
 pytestmark = pytest.mark.qemu
 
 ROOT = Path(__file__).resolve().parents[2]
 MARKER = "S2CACHE-BOOT-OK"
+SCENARIOS = ROOT / "build" / "shim" / "scenarios"
+BLOB = 0x4110_0000                    # where first_map_uncached's host-written blob goes
 
 
 def boot_in_gdb(shim, images, tmp_path, policy: str, commands_after: list[str],
@@ -37,22 +41,33 @@ def boot_in_gdb(shim, images, tmp_path, policy: str, commands_after: list[str],
     config = shim_config(images / "vmlinuz", params, shim=shim,
                          initrd=images / "initramfs.cpio.gz",
                          append="console=ttyAMA0 panic=-1 s2cache.hold", smp=smp, paused=True)
-    trace = tmp_path / f"{policy}.jsonl"
+    return in_gdb(shim, config, tmp_path, policy, commands_after, before, until, timeout)
+
+
+def in_gdb(shim, config, tmp_path, name: str, commands_after: list[str], before=(),
+           until=None, timeout=300, first=()):
+    """QEMU (paused) with gdb-multiarch attached in batch mode: source ``first`` files, the
+    extension, `s2cache start`, ``before``, continue, then ``commands_after``; stop the guest
+    at ``until`` on the console.  Returns (gdb's stdout, trace path, stage-2 runs at the
+    stop, console)."""
+    trace = tmp_path / f"{name}.jsonl"
     with ShimSession(config, shim) as s:
         cmds = ["set pagination off", "set confirm off",
-                f"target remote {s.qemu.gdb_address}", "source gdbplugin/gdbext.py",
-                f"s2cache start --trace {trace}", *before, "continue", *commands_after]
+                f"target remote {s.qemu.gdb_address}", *(f"source {f}" for f in first),
+                "source gdbplugin/gdbext.py", f"s2cache start --trace {trace}", *before,
+                "continue", *commands_after]
         argv = ["gdb-multiarch", "-batch", "-nx"] + [w for c in cmds for w in ("-ex", c)]
-        out_path = tmp_path / f"{policy}.gdb.txt"
+        out_path = tmp_path / f"{name}.gdb.txt"
         with out_path.open("w") as out:
             gdb = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
             deadline = time.monotonic() + timeout
             runs, ran = None, False
             try:
                 while gdb.poll() is None and time.monotonic() < deadline:
-                    running = "running" in s.qemu.monitor("info status")
+                    status = s.qemu.monitor("info status")
+                    running = "running" in status
                     ran |= running
-                    if ran and runs is None and not running:
+                    if ran and runs is None and not running and "shutdown" not in status:
                         runs = s.stage2().mappings()      # gdb's continue ends here
                     elif until and until in s.console():
                         s.qemu.monitor("stop")
@@ -124,3 +139,36 @@ def test_break_on_hazard_stops_a_none_run_at_its_first_finding(shim, images, tmp
     assert warn, text[-3000:]
     assert "received signal SIGINT" in text
     assert MARKER not in console                  # stopped before the boot got there
+
+
+def test_detach_with_a_pwndbg_like_extension_loaded(shim, tmp_path):
+    """gdb with another extension loaded first (tests/integration/gdb_stub_extension.py: its
+    own command, stop/continue/prompt hooks reading registers and memory) watches a scenario
+    guest that plants a first map of host-written memory (`none` policy): both extensions work
+    side by side (its stop hook runs at the guest's power-off, ours drains there).  Then
+    `detach`: the watch ends with one line, and the trace it wrote is complete and replays to
+    exactly the findings the warnings showed."""
+    blob = tmp_path / "blob.bin"
+    blob.write_bytes(bytes(range(256)) * 16)
+    params = ShimParams(policy="none", poweroff_on_fatal=True, trap_cmo=True, observe=2)
+    config = shim_config(SCENARIOS / "first_map_uncached.bin", params, shim=shim, paused=True)
+    config.loaders.append(Loader(file=blob, addr=BLOB, force_raw=True))
+    config.extra = [*config.extra, "-no-shutdown"]     # power-off stops the guest: gdb sees it
+    text, trace, _, console = in_gdb(
+        shim, config, tmp_path, "detach", ["s2cache hazards", "stubctx", "detach",
+                                           "s2cache status", "echo end\\n"],
+        first=["tests/integration/gdb_stub_extension.py"], timeout=120)
+    assert "SCENARIO-DONE first_map_uncached" in console
+    assert re.search(r"stub-context: stop 1 pc 0x[0-9a-f]+ insn [0-9a-f]{8}", text), text
+    assert "stub-context: 1 stop(s) seen" in text
+    shown = [(k, int(seq)) for k, seq in
+             re.findall(r"s2cache: #\d+ (?:hazard|info) (\S+) seq (\d+)", text)]
+    t = read_trace(trace)
+    replayed = Replay(t.header).run(t).findings("none")
+    assert shown == [(f.kind, f.seq) for f in replayed]
+    assert any(f.kind == "first-map-uncached" and f.pa == BLOB for f in replayed)
+    ended = re.findall(r"s2cache: gdb is no longer attached to QEMU, watch ended; (\d+) "
+                       r"finding\(s\) uncovered under none", text)
+    uncovered = [f for f in replayed if f.kind not in INFO_KINDS]
+    assert ended == [str(len(uncovered))], text[-2000:]
+    assert "not watching" in text and text.rstrip().endswith("end")

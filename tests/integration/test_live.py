@@ -241,3 +241,50 @@ def test_attach_when_qemu_is_killed_mid_run(shim, images, tmp_path):
     assert len(t) > 1000
     assert report["findings"] == [f.as_dict() for f in
                                   Replay(t.header).run(t).findings("none")]
+
+
+def test_a_ring_that_dropped_records_is_said_once_and_what_it_kept_replays(shim, images,
+                                                                           tmp_path):
+    """The shim told to drop records when its ring is full (``ring_full=drop``, the smallest
+    ring of 64 records), Linux booting with nobody reading until the guest is stopped in its
+    early boot: the loss is said once, in one line, as soon as the session sees it, and
+    counted in its status; the trace holds every record the ring kept and replays to exactly
+    the findings shown."""
+    import io
+    import time
+    from rich.console import Console
+    from gdbplugin.ui.live import WarningPrinter
+    params = ShimParams(policy="none", trap_cmo=True, observe=2, ring_records=64,
+                        ring_full="drop")
+    config = shim_config(images / "vmlinuz", params, shim=shim, paused=True,
+                         initrd=images / "initramfs.cpio.gz", append="console=ttyAMA0")
+    view, out = Collect(), io.StringIO()
+    trace = tmp_path / "dropped.jsonl"
+    with ShimSession(config, shim) as s:
+        q = s.qemu
+        access, _ = open_ram(s.ram_base, q.ram_size, ram_file=q.ram_path, writable=True)
+        q.monitor("cont")
+        deadline = time.monotonic() + 60
+        while "Booting Linux" not in s.console() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        q.monitor("stop")
+        assert "Booting Linux" in s.console()
+        live = LiveSession(lambda: RingReader(access.mem, access.base, access.size,
+                                              consume=True),
+                           vcpus=1, trace=trace, drain=access.path,
+                           info_roms=q.monitor("info roms"),
+                           info_mtree=q.monitor("info mtree -f"),
+                           views=[view, WarningPrinter(Console(file=out, width=300))])
+        live.run(lambda: True)
+        result = live.close()
+        overflow = live.ring.header().overflow
+    assert overflow > 0 and live.dropped == overflow == live.status()["dropped"]
+    said = [x for x in out.getvalue().splitlines() if "ring record(s) lost" in x]
+    assert said == [f"s2cache: {overflow} ring record(s) lost (the ring was full; run the "
+                    f"shim with ring_full=wait so nothing is lost): findings may be missing "
+                    f"from here on"]
+    t = read_trace(trace)
+    assert live.stats.records == 64 and view.findings
+    assert [f.as_dict() for f in view.findings] == \
+        [f.as_dict() for f in Replay(t.header).run(t).findings("none")] == \
+        [f.as_dict() for f in result.findings("none")]
