@@ -121,13 +121,11 @@ def attach(gdb: GdbMI, target: str, *, trace, ram_file=None, policy: str | None 
                         views=views, cpu_model=cpu_model, via=via)
 
 
-def watch_target(debugger, target: str | None, *, trace, ram_file=None,
-                 policy: str | None = None, views=(), cpu_model: str | None = None,
-                 via: str | None = None) -> Attached:
-    """A live session on the QEMU a stopped ``debugger`` is connected to (gdb/MI from
-    outside, gdbplugin/target/gdbmi.py, or gdb's own API, gdbplugin/target/gdbinside.py);
-    ``target``: its gdbstub address, to find QEMU's pid (None: unknown)."""
-    mtree = debugger.monitor("info mtree -f")
+def open_target_ram(debugger, target: str | None, mtree: str, ram_file=None,
+                    via: str | None = None) -> tuple[RamAccess, list[str], int | None]:
+    """The fastest way to the main RAM of the QEMU ``debugger`` is connected to (``target``:
+    its gdbstub address, to find QEMU's pid; ``mtree``: its ``info mtree -f``): (access,
+    the faster ways skipped and why, QEMU's pid or None)."""
     regions = ram_regions(mtree)
     if not regions:
         raise AttachError("`info mtree -f` shows no RAM region")
@@ -139,6 +137,18 @@ def watch_target(debugger, target: str | None, *, trace, ram_file=None,
                                    allow=(via,) if via else (PATH_FILE, PATH_PROC, PATH_GDB))
     except TargetError as exc:
         raise AttachError(str(exc)) from None
+    return access, skipped, pid
+
+
+def watch_target(debugger, target: str | None, *, trace, ram_file=None,
+                 policy: str | None = None, views=(), cpu_model: str | None = None,
+                 via: str | None = None) -> Attached:
+    """A live session on the QEMU a stopped ``debugger`` is connected to (gdb/MI from
+    outside, gdbplugin/target/gdbmi.py, or gdb's own API, gdbplugin/target/gdbinside.py);
+    ``target``: its gdbstub address, to find QEMU's pid (None: unknown)."""
+    mtree = debugger.monitor("info mtree -f")
+    access, skipped, pid = open_target_ram(debugger, target, mtree, ram_file, via)
+    base, size = access.base, access.size
     vcpus = len(debugger.threads())
     if not vcpus:
         raise GdbError("the gdbstub shows no vCPU threads")

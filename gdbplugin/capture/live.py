@@ -13,11 +13,11 @@ come out within one pump.
 Records the shim dropped because its ring was full (``ring_full=drop``), or that were
 overwritten before they were read, are counted from the ring header whenever the ring runs dry;
 the first such loss is published at once (``dropped``): findings may be missing from then on,
-and nothing says so silently.
+and nothing is lost silently.
 
 Views are plain objects with any of ``transition(session, t)``, ``finding(session, f)``,
-``dropped(session, n)``, ``progress(session)`` and ``ended(session, result)``; the gdb extension, the rich console and
-the JSON report are views (gdbplugin/ui/).
+``dropped(session, n)``, ``progress(session)`` and ``ended(session, result)``; the gdb
+extension, the rich console and the JSON report are views (gdbplugin/ui/).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from ..model import events as E
 from ..model.hazards import INFO_KINDS, Finding
 from ..model.policies import POLICIES
 from ..shim.ring import RingError, RingReader
-from .record import Recorder
+from .record import EventRecorder, Recorder
 
 
 class LiveError(Exception):
@@ -155,6 +155,18 @@ class LiveSession:
         chunk = self.recorder.feed(batch)
         self._consume(chunk)
         return len(batch)
+
+    def push(self, events: list[dict], header: dict) -> None:
+        """Events from a source other than the ring (breakpoint hits on a guest that is not
+        under the shim, gdbplugin/capture/unshimmed.py), written to the trace and replayed
+        like the ring's; ``header`` opens the trace at the first push."""
+        if self.result is not None:
+            raise LiveError("the session has ended")
+        if self.recorder is None:
+            self.recorder = EventRecorder(self._trace, header)
+        self.stats.records += len(events)
+        self._consume(self.recorder.feed(events))
+        self._publish(self.replay.flush())
 
     def run(self, done: Callable[[], bool], interval: float = 0.02) -> None:
         """Pump until ``done()`` holds and the ring is dry."""

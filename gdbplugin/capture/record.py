@@ -109,6 +109,24 @@ class Recorder:
         return chunk
 
 
+class EventRecorder:
+    """A trace written from events that need no conversion (breakpoint hits on a guest that
+    is not under the shim, gdbplugin/capture/unshimmed.py), with the Recorder's interface."""
+
+    def __init__(self, path_or_file, header: dict):
+        self.writer = TraceWriter(path_or_file, header)
+
+    @property
+    def header(self) -> dict:
+        return self.writer.header
+
+    def feed(self, events) -> Trace:
+        return self.writer.write_many(events)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
 def record(session, path: str | Path, until: str | None, timeout: float, vcpus: int,
            cpu_model: str | None = None) -> tuple[str, Recorder]:
     """Run a started ShimSession to ``until`` (a console regex), writing its trace to

@@ -74,6 +74,8 @@ class Live:
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self.gdb_only = attached.ram.path == PATH_GDB
+        self.watch = None                      # a BreakpointWatch when there is no shim
+        self.breakpoints: dict = {}            # its breakpoints, by address
         self.running = False
         gdb.events.stop.connect(self._on_stop)
         gdb.events.cont.connect(self._on_cont)
@@ -144,6 +146,10 @@ class Live:
                 registry.disconnect(handler)
             except (ValueError, RuntimeError):
                 pass
+        for bp in self.breakpoints.values():
+            if bp.is_valid():
+                bp.delete()
+        self.breakpoints.clear()
         self.attached.gdb.close()
         with self.busy:
             result = self.session.close()

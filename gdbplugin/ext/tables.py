@@ -14,6 +14,9 @@ from .state import command_errors
 
 
 def _stage2(L) -> Walker:
+    if L.watch is not None:
+        raise gdb.GdbError("s2cache: no shim: this guest's stage 2 (if any) is not watched; "
+                           "stage-2 hazards need the guest under the shim")
     ring = L.session.ring
     if ring is None:
         raise gdb.GdbError("s2cache: the shim's ring is not up yet: no stage 2 to show")

@@ -9,13 +9,13 @@ import time
 import gdb
 from rich.markup import escape
 
-from ..capture.attach import AttachError, watch_target
+from ..capture.attach import AttachError, open_target_ram, watch_target
 from ..model.hazards import INFO_KINDS
 from ..model.policies import POLICIES
 from ..target.gdbinside import GdbInside
 from ..target.physmem import VIA
 from ..ui.live import dropped_line, finding_line, sctlr_flags
-from . import state
+from . import state, unshimmed
 from .state import command_errors
 
 
@@ -71,11 +71,13 @@ def at_pc(pc: int | None) -> str:
 
 
 class Start(gdb.Command):
-    """Begin watching the QEMU gdb is attached to: s2cache start [--policy P] [--trace FILE] [--ram-file F] [--via auto|file|proc|gdb]
+    """Begin watching the QEMU gdb is attached to: s2cache start [--policy P] [--trace FILE] [--ram-file F] [--via auto|file|proc|gdb] [--no-shim]
 
 Finds the shim's ring in guest RAM (fastest way first: the shared RAM file given, else
 /proc/<qemu-pid>/mem, else gdb physical reads at each stop), records a trace, and prints SCTLR
-transitions and hazard warnings as they happen.  The guest must be stopped; continue it after."""
+transitions and hazard warnings as they happen.  The guest must be stopped; continue it after.
+Without the shim (a QEMU without EL2, or --no-shim) stage-2 hazards cannot be checked: it
+watches each vCPU's SCTLR_EL1 through breakpoints on the MSR SCTLR_EL1 sites in guest RAM."""
 
     def __init__(self):
         super().__init__("s2cache start", gdb.COMMAND_USER)
@@ -89,12 +91,25 @@ transitions and hazard warnings as they happen.  The guest must be stopped; cont
         p.add_argument("--trace")
         p.add_argument("--ram-file")
         p.add_argument("--via", choices=list(VIA), default="auto")
+        p.add_argument("--no-shim", action="store_true")
         a = p.parse_args(shlex.split(arg))
         if gdb.selected_inferior().pid == 0 and not gdb.selected_inferior().threads():
             raise gdb.GdbError("s2cache: gdb is not attached to QEMU (target remote first)")
         debugger = GdbInside()
         via = VIA[a.via]
         trace = a.trace or time.strftime("s2cache-%Y%m%d-%H%M%S.jsonl")
+        if a.no_shim or not debugger.has_register("HCR_EL2"):
+            why = "--no-shim" if a.no_shim else \
+                "this QEMU has no EL2 (-M virt without virtualization=on)"
+            try:
+                access, skipped, pid = open_target_ram(
+                    debugger, debugger.target_address(), debugger.monitor("info mtree -f"),
+                    a.ram_file, via)
+            except AttachError as exc:
+                debugger.close()
+                raise gdb.GdbError(f"s2cache: {exc}") from None
+            unshimmed.start(debugger, access, skipped, pid, trace, why, [GdbView()])
+            return
         try:
             attached = watch_target(debugger, debugger.target_address(), trace=trace,
                                     ram_file=a.ram_file, policy=a.policy, views=[GdbView()],
@@ -157,12 +172,15 @@ class Status(gdb.Command):
         with L.busy:
             st = L.session.status()
         out = state.console()
-        out.print(f"ring read through {st['drain']}; policy {st['policy']}; "
+        source = "events from" if L.watch is not None else "ring read through"
+        out.print(f"{source} {st['drain']}; policy {st['policy']}; "
                   f"{st['events']} events ({st['records']} records, {st['dropped']} lost) in "
                   f"{st['seconds']:.1f} s; stage 2: {st['maps']} maps, {st['unmaps']} "
                   f"unmaps; findings {st['findings']} ({st['uncovered']} uncovered)"
                   + (f"; shim halted: {st['halted']}" if st["halted"] else "")
                   + (f"; draining stopped: {L.error}" if L.error else ""))
+        if L.watch is not None:
+            out.print(unshimmed.status_line(L), highlight=False)
         for v in st["vcpus"]:
             el = "-" if v["el"] is None else f"EL{v['el']}"
             out.print(f"  vCPU {v['vcpu']}: {el} SCTLR_EL1 {v['sctlr']:#x} "

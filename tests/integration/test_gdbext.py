@@ -44,6 +44,26 @@ def boot_in_gdb(shim, images, tmp_path, policy: str, commands_after: list[str],
     return in_gdb(shim, config, tmp_path, policy, commands_after, before, until, timeout)
 
 
+def run_gdb(argv: list[str], out_path: Path, timeout: float, tick) -> str:
+    """gdb-multiarch (``argv``) with its output in ``out_path``, ``tick()`` called every 0.2 s
+    while it runs; its output, checked: no traceback, no crash, exit status 0."""
+    with out_path.open("w") as out:
+        gdb = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        try:
+            while gdb.poll() is None and time.monotonic() < deadline:
+                tick()
+                time.sleep(0.2)
+            gdb.wait(timeout=max(1.0, deadline - time.monotonic()))
+        finally:
+            if gdb.poll() is None:
+                gdb.kill()
+    text = out_path.read_text()
+    assert "Traceback" not in text and "internal error" not in text, text[-3000:]
+    assert gdb.returncode == 0 and "Fatal signal" not in text, text[-3000:]
+    return text
+
+
 def in_gdb(shim, config, tmp_path, name: str, commands_after: list[str], before=(),
            until=None, timeout=300, first=()):
     """QEMU (paused) with gdb-multiarch attached in batch mode: source ``first`` files, the
@@ -57,30 +77,20 @@ def in_gdb(shim, config, tmp_path, name: str, commands_after: list[str], before=
                 "source gdbplugin/gdbext.py", f"s2cache start --trace {trace}", *before,
                 "continue", *commands_after]
         argv = ["gdb-multiarch", "-batch", "-nx"] + [w for c in cmds for w in ("-ex", c)]
-        out_path = tmp_path / f"{name}.gdb.txt"
-        with out_path.open("w") as out:
-            gdb = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-            deadline = time.monotonic() + timeout
-            runs, ran = None, False
-            try:
-                while gdb.poll() is None and time.monotonic() < deadline:
-                    status = s.qemu.monitor("info status")
-                    running = "running" in status
-                    ran |= running
-                    if ran and runs is None and not running and "shutdown" not in status:
-                        runs = s.stage2().mappings()      # gdb's continue ends here
-                    elif until and until in s.console():
-                        s.qemu.monitor("stop")
-                        until = None
-                    time.sleep(0.2)
-                gdb.wait(timeout=max(1.0, deadline - time.monotonic()))
-            finally:
-                if gdb.poll() is None:
-                    gdb.kill()
+        runs, ran = None, False
+
+        def tick():
+            nonlocal runs, ran, until
+            status = s.qemu.monitor("info status")
+            running = "running" in status
+            ran |= running
+            if ran and runs is None and not running and "shutdown" not in status:
+                runs = s.stage2().mappings()      # gdb's continue ends here
+            elif until and until in s.console():
+                s.qemu.monitor("stop")
+                until = None
+        text = run_gdb(argv, tmp_path / f"{name}.gdb.txt", timeout, tick)
         console = s.console()
-    text = out_path.read_text()
-    assert "Traceback" not in text and "internal error" not in text, text[-3000:]
-    assert gdb.returncode == 0 and "Fatal signal" not in text, text[-3000:]
     return text, trace, runs, console
 
 
@@ -172,3 +182,126 @@ def test_detach_with_a_pwndbg_like_extension_loaded(shim, tmp_path):
     uncovered = [f for f in replayed if f.kind not in INFO_KINDS]
     assert ended == [str(len(uncovered))], text[-2000:]
     assert "not watching" in text and text.rstrip().endswith("end")
+
+
+def plain_gdb(config, cmds: list[str], tmp_path, name: str, until=None, timeout=300,
+              script: str | None = None):
+    """gdb-multiarch in batch mode on a QEMU without the shim (``config``, paused): ``cmds``
+    after `target remote`, then ``script`` (a gdb script file's text), stopping the guest at
+    ``until`` on the console.  Returns (gdb's output, console)."""
+    from gdbplugin.target.qemu import Qemu
+    argv_script = []
+    if script is not None:
+        (tmp_path / f"{name}.gdb").write_text(script)
+        argv_script = ["-x", str(tmp_path / f"{name}.gdb")]
+    with Qemu(config) as q:
+        cmds = ["set pagination off", "set confirm off", *cmds[:1],
+                f"target remote {q.gdb_address}", *cmds[1:]]
+        argv = ["gdb-multiarch", "-batch", "-nx"] + \
+            [w for c in cmds for w in ("-ex", c)] + argv_script
+
+        def tick():
+            nonlocal until
+            if until and until in q.serial_log.read_text(errors="replace"):
+                q.monitor("stop")
+                until = None
+        text = run_gdb(argv, tmp_path / f"{name}.gdb.txt", timeout, tick)
+        console = q.serial_log.read_text(errors="replace")
+    return text, console
+
+
+ORACLE = r'''
+python
+import gdb
+def sctlr():
+    return int(gdb.selected_frame().read_register("SCTLR")) & (2**64 - 1)
+done = int(gdb.parse_and_eval("(long)&done"))
+old, steps = sctlr(), 0
+while int(gdb.selected_frame().pc()) != done:
+    pc = int(gdb.selected_frame().pc())
+    gdb.execute("stepi", to_string=True)
+    steps += 1
+    new = sctlr()
+    if new != old:
+        gdb.write(f"oracle: pc {pc:#x} {old:#x} -> {new:#x}\n")
+        old = new
+gdb.write(f"oracle: {steps} steps\n")
+end
+'''
+
+
+def test_sctlr_without_the_shim_equals_a_single_step_oracle(tmp_path):
+    """A scenario guest on plain QEMU (-M virt: no EL2, so no shim) that turns M+C+I on and
+    later M+C off (caches_off_after_boot, its ELF for symbols).  Oracle: gdb single-steps it
+    to `done`, reading SCTLR_EL1 after every instruction.  Watched: `s2cache start` says that
+    stage-2 hazards need the shim, plants breakpoints on the MSR SCTLR_EL1 sites it decodes in
+    RAM and continues to a user breakpoint at `done`.  Every write the oracle saw is in the
+    trace with its PC, old and new value; the M/C/I transitions were shown live with PC and
+    symbol; turning caches off after boot is reported."""
+    from gdbplugin.target.qemu import QemuConfig
+    elf = SCENARIOS / "caches_off_after_boot.elf"
+    config = QemuConfig(machine="virt", kernel=elf, paused=True)
+    text, _ = plain_gdb(config, [f"file {elf}"], tmp_path, "oracle", script=ORACLE, timeout=240)
+    oracle = [(int(pc, 16), int(old, 16), int(new, 16)) for pc, old, new in
+              re.findall(r"oracle: pc (0x[0-9a-f]+) (0x[0-9a-f]+) -> (0x[0-9a-f]+)", text)]
+    assert len(oracle) == 2 and re.search(r"oracle: \d{4,} steps", text), text[-2000:]
+    trace = tmp_path / "watched.jsonl"
+    text, _ = plain_gdb(config, [f"file {elf}", "source gdbplugin/gdbext.py",
+                                 f"s2cache start --trace {trace}", "break done", "continue",
+                                 "s2cache status", "s2cache stop", "echo end\\n"],
+                        tmp_path, "watched", timeout=120)
+    flat = " ".join(text.split())
+    assert "this QEMU has no EL2" in flat and "stage-2 hazards cannot be checked" in flat
+    writes = [(d["pc"], d["old"], d["new"]) for d in read_trace(trace).to_dicts()
+              if d["kind"] == "sysreg-write" and d["reg"] == "SCTLR_EL1"]
+    assert [w for w in writes if w[1] != w[2]] == oracle
+    shown = [(int(pc, 16), sym, a, b) for a, b, pc, sym in re.findall(
+        r"s2cache: vCPU 0 SCTLR_EL1 (\w{3}) -> (\w{3}) pc (0x[0-9a-f]+) <(\w+)", text)]
+    assert [(pc, a, b) for pc, _, a, b in shown] == \
+        [(pc, sctlr_flags(old), sctlr_flags(new)) for pc, old, new in oracle]
+    assert [sym for _, sym, _, _ in shown] == ["mmu_on", "sctlr_set"]
+    assert re.search(rf"vCPU 0 turned its caches off after boot .* pc {oracle[1][0]:#x}", flat)
+    assert re.search(rf"no shim: \d+ breakpoint\(s\) on \d+ SCTLR_EL1 write site\(s\); "
+                     rf"{len(writes)} hit\(s\)", flat), flat[-2000:]
+    assert re.search(r"s2cache: stopped; 0 finding\(s\) uncovered under none; trace \S+ end",
+                     flat)
+
+
+def test_linux_without_the_shim_shows_every_sctlr_transition(shim, images, tmp_path):
+    """Debian's Linux, 2 vCPUs, on plain QEMU (-M virt, -cpu max: no EL2, no shim) watched
+    from gdb: each vCPU's M/C/I transitions are shown live with their PC, and they are the
+    ones the shim traps for the same kernel (same order, same flags, the same instruction:
+    the PC's offset in its page; the kernel sits at another PA under the shim and KASLR moves
+    its VAs).  No write was missed: the engine, which checks each write's old value against
+    the one it tracked, reports no unobserved transition."""
+    from gdbplugin.capture.record import record
+    from gdbplugin.target.qemu import QemuConfig
+    append = "console=ttyAMA0 panic=-1 s2cache.hold"
+    ref = tmp_path / "shim.jsonl"
+    config = shim_config(images / "vmlinuz", ShimParams(policy="kvm", poweroff_on_fatal=True),
+                         shim=shim, initrd=images / "initramfs.cpio.gz", append=append, smp=2,
+                         paused=False)
+    with ShimSession(config, shim) as s:
+        why, _ = record(s, ref, MARKER, 180, vcpus=2)
+    assert why == "match"
+    trapped = [(d["vcpu"], sctlr_flags(d["old"]), sctlr_flags(d["new"]), d["pc"] & 0xFFF)
+               for d in read_trace(ref).to_dicts() if d["kind"] == "sysreg-write"
+               and d["reg"] == "SCTLR_EL1" and sctlr_flags(d["old"]) != sctlr_flags(d["new"])]
+    trace = tmp_path / "plain.jsonl"
+    plain = QemuConfig(machine="virt", kernel=images / "vmlinuz",
+                       initrd=images / "initramfs.cpio.gz", append=append, smp=2, paused=True)
+    text, console = plain_gdb(plain, ["set breakpoint pending off", "source gdbplugin/gdbext.py",
+                                      f"s2cache start --trace {trace}", "continue",
+                                      "s2cache status", "s2cache stop"],
+                              tmp_path, "plain", until=MARKER, timeout=400)
+    assert MARKER in console
+    shown = [(int(v), a, b, int(pc, 16) & 0xFFF) for v, a, b, pc in re.findall(
+        r"s2cache: vCPU (\d) SCTLR_EL1 (\w{3}) -> (\w{3}) pc (0x[0-9a-f]+)", text)]
+    assert shown == trapped and {v for v, *_ in shown} == {0, 1}, (shown, trapped)
+    t = read_trace(trace)
+    assert not [f for f in Replay(t.header).run(t).findings("none")
+                if f.kind == "unobserved-transition"]
+    m = re.search(r"no shim: (\d+) breakpoint\(s\) on (\d+) SCTLR_EL1 write site\(s\); (\d+) "
+                  r"hit\(s\)", " ".join(text.split()))
+    writes = [d for d in t.to_dicts() if d["kind"] == "sysreg-write"]
+    assert m and int(m.group(3)) == len(writes) and int(m.group(1)) > int(m.group(2)) > 10
