@@ -395,9 +395,11 @@ class Replay:
 
     def one(self, e, extras: dict) -> None:
         v = self._vcpu_of(e)
+        kind = E.KIND_NAMES[e["kind"]]
         if v is not None:
             self.settle(v, e)
-        kind = E.KIND_NAMES[e["kind"]]
+            if kind not in ("s2-fault", "s2-map"):
+                self.last_fault.pop(v, None)       # the guest ran: its fault is answered
         seq = int(e["seq"])
         if kind != "set-way":
             self.set_way_open.clear()
@@ -1025,7 +1027,8 @@ class Replay:
     def _faults_and_maps(self, ev: np.ndarray, state: dict) -> None:
         """The stage-2 part of a run; clears and TLBIs in it are ignored here.  A map answers
         its vCPU's latest fault (the map's own ``vcpu`` field, else the latest fault's) when
-        that fault's IPA lies inside the map: an instruction fetch makes the new leaf
+        that fault's IPA lies inside the map and the vCPU has not run since (an event of its
+        own: it waits in the hypervisor while its fault is handled): an instruction fetch makes the new leaf
         executable, a write writes the faulting page after the map.  A write or exec fault
         on a page already mapped (a permission fault) takes effect at the fault."""
         maps, faults = state["maps"], state["faults"]
@@ -1043,23 +1046,31 @@ class Replay:
         ctx = np.zeros(maps.size, dtype=[("pc", "<u8"), ("has_pc", "?"), ("el", "<i2")])
         ctx["el"] = -1
         ipa_page = (ev["addr"] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        for v in _small_unique(np.concatenate([vcpu, ev["vcpu"][faults].astype(np.int64)])).tolist():
+        # The guest ran again (an event of its own): its fault is answered, later maps are not
+        # for it.  Between a fault and its map the vCPU waits in the hypervisor.
+        ran = IS_VCPU_KIND[ev["kind"]] & (ev["kind"] != KIND["s2-fault"]) & \
+            (ev["kind"] != KIND["s2-map"])
+        for v in _small_unique(np.concatenate([vcpu, ev["vcpu"][faults].astype(np.int64),
+                                               ev["vcpu"][ran].astype(np.int64)])).tolist():
             mine = faults[ev["vcpu"][faults] == v]
+            back = np.flatnonzero(ran & (ev["vcpu"] == v))
             sel = np.flatnonzero(vcpu == v)
             prev = self.last_fault.get(v)
             if sel.size:
                 k = np.searchsorted(mine, maps[sel]) - 1
+                ran_before = np.searchsorted(back, maps[sel])     # guest events before each map
                 if prev is not None:
                     pc0, el0, acc0, page0 = prev
-                    old = k < 0
+                    old = (k < 0) & (ran_before == 0)
                     ctx["pc"][sel[old]] = pc0 or 0
                     ctx["has_pc"][sel[old]] = pc0 is not None
                     ctx["el"][sel[old]] = -1 if el0 is None else el0
                     answer[sel[old]] = acc0
                     answer_ipa[sel[old]] = page0
                 if mine.size:
-                    got = sel[k >= 0]
                     f = mine[k[k >= 0]]
+                    waiting = np.searchsorted(back, f) == ran_before[k >= 0]
+                    got, f = sel[k >= 0][waiting], f[waiting]
                     present = ev["present"][f]
                     ctx["pc"][got] = ev["pc"][f]
                     ctx["has_pc"][got] = (present & E.OPTIONAL_BIT["pc"]) != 0
@@ -1071,7 +1082,9 @@ class Replay:
                 i = int(mine[-1])
                 self.last_fault[v] = (*_pc_el(ev[i]), int(_access(ev, mine[-1:])[0]),
                                       int(ipa_page[i]))
-        # A fault answered inside the map's range; a fault answered once only.
+            if back.size and (not mine.size or back[-1] > mine[-1]):
+                self.last_fault.pop(v, None)
+        # A fault is answered by the maps of its IPA until its vCPU runs again.
         m_first = ipa_page[maps]
         m_last = ((ev["addr"][maps] + np.maximum(ev["size"][maps], np.uint64(1))
                    - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)

@@ -1511,3 +1511,25 @@ def test_linux_new_code_pattern_in_one_run(tmp_path):
     r = replay(tmp_path, events + [attr(pages[1], NC), fault(pages[1], "write")])
     assert bits(r, "kvm", "stale", pages[1]) == full
     assert bits(r, "kvm", "dirty", pages[1]) == full
+
+
+def test_a_fault_is_answered_until_its_vcpu_runs_again(tmp_path):
+    """A vCPU that faults waits in the hypervisor until its fault is handled: every map of the
+    faulting IPA before the vCPU's next event of its own is part of that handling, and the
+    faulting write lands after the last of them (KVM cleans at each map: the page ends dirty).
+    Once the vCPU has run again (here it cleaned another page or wrote SCTLR_EL1), its
+    fault is answered: the hypervisor mapping the page again later (a remap after an
+    unmap, a split) writes nothing of the guest's, so KVM's clean at that map leaves the page
+    clean.  The faulting PC names a first map only while the fault is being handled."""
+    full = (1 << 64) - 1
+    head = [on(), sctlr(OFF, MC_ON), fault(A, "write", pc=0x1234)]
+    r = replay(tmp_path, head + [map_(A), map_(A)])
+    assert bits(r, "kvm", "dirty", A) == full
+    for ran in (dc("civac", B), sctlr(MC_ON, MC_ON | 0x800)):
+        r = replay(tmp_path, head + [map_(A), ran, unmap(A), map_(A)])
+        assert bits(r, "kvm", "dirty", A) == 0, ran
+        assert bits(r, "none", "dirty", A) == full         # nobody cleaned: still dirty
+    for between, pc in (([], 0x1234), ([dc("cvau", B, LINE)], None)):
+        r = replay(tmp_path, [load(A), on(), fault(A, "read", pc=0x1234), *between, map_(A)])
+        (f,) = found(r, "none", "first-map-uncached")
+        assert f.pc == pc
