@@ -162,6 +162,18 @@ def cmd_replay(args) -> int:
     return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
 
 
+def _live_report(args, console, result, live, **sections) -> None:
+    """A live session's findings on the console (unless the JSON goes to stdout) and its
+    JSON report with the session's statistics (and ``sections``)."""
+    from .ui.report import print_findings, report
+    if args.json != "-":
+        print_findings(console, result, live.policy)
+    if args.json:
+        out = report(result, live.policy)
+        out["stats"]["live"] = {k: v for k, v in live.status().items() if k != "vcpus"}
+        _write_json(args.json, {**out, **sections})
+
+
 def cmd_attach(args) -> int:
     from .capture.attach import AttachError, attach
     from .target.physmem import VIA
@@ -169,7 +181,6 @@ def cmd_attach(args) -> int:
     from .model.trace import TraceError
     from .target.errors import TargetError
     from .ui.live import WarningPrinter, dropped_line
-    from .ui.report import print_findings, report
 
     if args.policy is not None and args.policy not in POLICIES:
         raise UsageError(f"unknown policy {args.policy!r} (one of {', '.join(POLICIES)})")
@@ -205,12 +216,7 @@ def cmd_attach(args) -> int:
               f"running under the shim?", file=sys.stderr)
         return EXIT_TARGET
     policy = live.policy
-    if args.json != "-":
-        print_findings(console, result, policy)
-    if args.json:
-        out = report(result, policy)
-        out["stats"]["live"] = {k: v for k, v in live.status().items() if k != "vcpus"}
-        _write_json(args.json, out)
+    _live_report(args, console, result, live)
     halted = live.ring.header().halted if live.ring else None
     failed = [f"s2cache: the shim halted: {halted}"] if halted else []
     if why == "qemu-exited":
@@ -223,6 +229,118 @@ def cmd_attach(args) -> int:
     if failed:
         return EXIT_TARGET
     return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+
+
+def _session_config(args):
+    """The configuration file with the command line's overrides; errors are usage errors."""
+    from .target.config import ConfigError, load_config
+    try:
+        return load_config(args.config).with_overrides(
+            policy=args.policy, smp=args.smp, timeout=getattr(args, "timeout", None))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _shim_image():
+    from .shim.launch import ShimError, ShimImage
+    try:
+        return ShimImage.load(build_first=False)
+    except (ShimError, OSError) as exc:
+        raise UsageError(f"the shim is not built ({exc}): run scripts/build-shim") from None
+
+
+def cmd_qemu_cmd(args) -> int:
+    import shlex
+    from .target.qemu import Qemu
+    cfg = _session_config(args)
+    config = cfg.qemu_config(_shim_image(), paused=True)
+    config.console = "stdio"
+    workdir = Path(args.dir).resolve()
+    argv = Qemu(config, workdir=workdir, keep_workdir=True).argv()
+    print(shlex.join(argv))
+    ext = Path(__file__).resolve().parent / "gdbext.py"
+    gdb_cmd = shlex.join(["gdb-multiarch", "-ex", f"target remote {workdir / 'gdb.sock'}",
+                          "-ex", f"source {ext}",
+                          "-ex", f"s2cache start --ram-file {workdir / 'ram'}"])
+    print(f"# QEMU waits paused (-S), its gdbstub on {workdir / 'gdb.sock'}, guest RAM shared "
+          f"in {workdir / 'ram'}; then, in another terminal:\n# {gdb_cmd}\n# or headless: "
+          f"s2cache attach {workdir / 'gdb.sock'} --ram-file {workdir / 'ram'}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_run(args) -> int:
+    import re
+    import time
+    from .capture.live import LiveSession
+    from .shim.launch import ShimSession
+    from .shim.ring import RingReader
+    from .target.errors import TargetError
+    from .ui.live import WarningPrinter, dropped_line
+
+    cfg = _session_config(args)
+    shim = _shim_image()
+    config = cfg.qemu_config(shim, paused=True)
+    trace = args.trace or "s2cache-run.jsonl"
+    console = _console()
+    marker = re.compile(cfg.until)
+    why, tail, result, live = "", "", None, None
+    try:
+        with ShimSession(config, shim) as s:
+            q = s.qemu
+            live = LiveSession(
+                lambda: RingReader.from_file(q.ram_path, s.ram_base, consume=True),
+                vcpus=cfg.smp, trace=trace, policy=cfg.policy, drain="shared RAM file",
+                info_roms=q.monitor("info roms"), info_mtree=q.monitor("info mtree -f"),
+                cpu_model=cfg.cpu.split(",")[0], views=[WarningPrinter(console)])
+            q.monitor("cont")
+            deadline = time.monotonic() + cfg.timeout
+            try:
+                while not why:
+                    if marker.search(s.console()):
+                        why = "marker"
+                    elif s.returncode is not None:
+                        why = "qemu-exited"
+                    elif live.ring is not None and live.ring.header().halted:
+                        why = "halted"
+                    elif time.monotonic() > deadline:
+                        why = "timeout"
+                    if not live.pump():
+                        time.sleep(0.02)
+            except KeyboardInterrupt:
+                why = "interrupted"
+            result = live.close()
+            tail = s.console()[-4000:]
+            halted = live.ring.header().halted if live.ring is not None else None
+    except TargetError as exc:
+        print(f"s2cache: the target failed: {exc}", file=sys.stderr)
+        return EXIT_TARGET
+    failed = {"qemu-exited": f"QEMU exited before the marker {cfg.until!r}",
+              "halted": f"the shim halted: {halted}",
+              "timeout": f"no {cfg.until!r} on the console within {cfg.timeout:g} s",
+              "interrupted": "interrupted"}.get(why)
+    if result is None:
+        failed = failed or "the shim's ring never appeared"
+        print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}", file=sys.stderr)
+        return EXIT_TARGET
+    policy = live.policy
+    _live_report(args, console, result, live, run={
+        "config": str(cfg.path), "ended": why, "trace": str(trace),
+        "console_tail": tail if failed else None})
+    if live.dropped:
+        print(dropped_line(live.dropped), file=sys.stderr)
+    if failed:
+        print(f"s2cache: {failed} (the report and trace hold what was seen)", file=sys.stderr)
+        return 130 if why == "interrupted" else EXIT_TARGET
+    if live.dropped:
+        return EXIT_TARGET
+    return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+
+
+def _session_args(parser) -> None:
+    parser.add_argument("config", help="session TOML file (qemu-configs/)")
+    parser.add_argument("--policy", help="the shim's policy (default: the config's)")
+    parser.add_argument("--smp", type=int, help="vCPUs (default: the config's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -274,6 +392,22 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--trace", help="write the trace here (default s2cache-attach.jsonl)")
     att.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
     att.set_defaults(func=cmd_attach)
+
+    run = sub.add_parser("run", help="boot a configuration (qemu-configs/*.toml) under the "
+                         "shim, watch it live to its console marker, report")
+    _session_args(run)
+    run.add_argument("--timeout", type=float, help="seconds to the marker (default: the "
+                     "config's)")
+    run.add_argument("--trace", help="trace file (default s2cache-run.jsonl)")
+    run.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    run.set_defaults(func=cmd_run)
+
+    qcmd = sub.add_parser("qemu-cmd", help="print the QEMU command line of a configuration, "
+                          "paused with its gdbstub, for attaching by hand")
+    _session_args(qcmd)
+    qcmd.add_argument("--dir", default="s2cache-qemu", help="where the gdb socket, the "
+                      "monitor socket and the shared RAM file go (default ./s2cache-qemu)")
+    qcmd.set_defaults(func=cmd_qemu_cmd)
     return parser
 
 

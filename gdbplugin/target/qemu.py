@@ -84,8 +84,9 @@ class Loader:
 class QemuConfig:
     """What to run.  ``machine`` is the ``-M`` value (``virt,virtualization=on``); the RAM
     backend is added to it.  ``gdb_port`` None puts the gdbstub on a unix socket, an int on
-    that 127.0.0.1 port (0: any free port).  ``console`` is ``log`` (serial to a file) or
-    ``pexpect`` (serial on a socket, read through ``Qemu.console``, also logged)."""
+    that 127.0.0.1 port (0: any free port).  ``console`` is ``log`` (serial to a file),
+    ``pexpect`` (serial on a socket, read through ``Qemu.console``, also logged) or ``stdio``
+    (the terminal: only for a command line printed for a person, ``s2cache qemu-cmd``)."""
 
     machine: str = "virt"
     cpu: str = "max,pauth-impdef=on"
@@ -113,8 +114,9 @@ class Qemu:
 
     def __init__(self, config: QemuConfig, workdir: Path | None = None,
                  keep_workdir: bool = False):
-        if config.console not in ("log", "pexpect"):
-            raise QemuError(f"console must be 'log' or 'pexpect', not {config.console!r}")
+        if config.console not in ("log", "pexpect", "stdio"):
+            raise QemuError(f"console must be 'log', 'pexpect' or 'stdio', not "
+                            f"{config.console!r}")
         self.config = config
         self.ram_size = parse_size(config.memory)
         if self.ram_size <= 0 or self.ram_size % (1 << 20):
@@ -154,7 +156,9 @@ class Qemu:
             gdb = (f"socket,id=s2cache.gdb,host=127.0.0.1,port={c.gdb_port},ipv4=on,"
                    f"server=on,wait=off")
         argv += ["-chardev", gdb, "-gdb", "chardev:s2cache.gdb"]
-        if c.console == "log":
+        if c.console == "stdio":        # a person's terminal (``s2cache qemu-cmd``)
+            con = "stdio,id=s2cache.con,signal=off"
+        elif c.console == "log":
             con = f"file,id=s2cache.con,path={_opt(self.serial_log)}"
         else:   # wait=on: QEMU blocks until we connect, so no early output is lost
             con = f"socket,id=s2cache.con,path={_opt(self._con_path)},server=on,wait=on"
