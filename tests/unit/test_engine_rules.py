@@ -1533,3 +1533,23 @@ def test_a_fault_is_answered_until_its_vcpu_runs_again(tmp_path):
         r = replay(tmp_path, [load(A), on(), fault(A, "read", pc=0x1234), *between, map_(A)])
         (f,) = found(r, "none", "first-map-uncached")
         assert f.pc == pc
+
+
+def test_a_line_clear_between_two_writes_of_a_page(tmp_path):
+    """A shim tracking writes line by line re-protects a page after each write (s2-attr, XN,
+    same memory type), so Linux's DC CIVAC of a line lands between two write faults of one
+    page.  The second write makes the whole page dirty again (cacheable) or stale again
+    (non-cacheable): the clear between them leaves what the first write's kind does not set.
+    Two vCPUs, caches on and off, write the page: each write's kind decides its own bits."""
+    full, line1 = (1 << 64) - 1, 1 << 1
+    head = [on(0), on(1), sctlr(OFF, MC_ON, v=0),
+            *fault_map(A, "read")]
+    same = [fault(A, "write"), attr(A, xn=2), dc("civac", A + LINE, LINE), fault(A, "write"),
+            attr(A, xn=2), {"kind": "ic-inval", "vcpu": 0, "op": "ivau", "pa": A + LINE}]
+    r = replay(tmp_path, head + same, vcpus=2)
+    assert bits(r, "none", "dirty", A) == full and bits(r, "none", "stale", A) == 0
+    assert bits(r, "none", "code", A) == full & ~line1
+    mixed = [fault(A, "write"), dc("civac", A + LINE, LINE), fault(A, "write", v=1)]
+    r = replay(tmp_path, head + mixed, vcpus=2)
+    assert bits(r, "none", "dirty", A) == full & ~line1        # vCPU 0's, then cleaned
+    assert bits(r, "none", "stale", A) == full                 # vCPU 1 writes uncached
