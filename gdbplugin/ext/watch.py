@@ -10,6 +10,7 @@ import gdb
 from rich.markup import escape
 
 from ..capture.attach import AttachError, open_target_ram, watch_target
+from ..capture.live import LiveSession
 from ..model.hazards import INFO_KINDS
 from ..model.policies import POLICIES
 from ..target.gdbinside import GdbInside
@@ -235,8 +236,10 @@ class Policy(gdb.Command):
 
 class BreakOnHazard(gdb.Command):
     """s2cache break-on-hazard on|off: stop the guest when a hazard is found (no breakpoint:
-    the drain thread interrupts the guest, a few ms after the event; the PC of the event is in
-    the warning).  Costs nothing while no hazard is found."""
+    the drain thread interrupts the guest once the replay has judged the event, with every
+    drained batch replayed at once; the PC of the event is in the warning).  Costs no stop
+    while no hazard is found.  Measured on Linux, 2 vCPUs, 2 cores: the guest stops 1-3 s
+    (20k-70k events) after its first finding, long before userspace."""
 
     def __init__(self):
         super().__init__("s2cache break-on-hazard", gdb.COMMAND_USER)
@@ -252,6 +255,9 @@ class BreakOnHazard(gdb.Command):
             raise gdb.GdbError("s2cache: break-on-hazard on|off")
         if value:
             L.break_on_hazard = value == "on"
+            # A finding waits in the replay's held run at most LATENCY_S: none, when it stops
+            with L.busy:
+                L.session.LATENCY_S = 0.0 if L.break_on_hazard else LiveSession.LATENCY_S
         gdb.write(f"s2cache: break-on-hazard {'on' if L.break_on_hazard else 'off'}\n")
 
 
