@@ -159,6 +159,10 @@ class GdbMI(Debugger):
                 self._events.append(rec["payload"] or {})
             elif kind == "notify" and rec["message"] == "running":
                 self.resumes += 1              # however it was resumed (step, continue, ...)
+                # A stop reported before the target resumed is over: gdb may print the stop
+                # of an earlier command (the one on connect) after a later -exec-continue was
+                # sent, and `attach` then took it for the guest's end.
+                self._events.clear()
             elif kind in ("log", "output") and rec["payload"]:
                 self._log.append(str(rec["payload"]).strip())
 

@@ -165,7 +165,8 @@ def attach_cli(shim, blob, tmp_path, name, policy, via, ram_file=True):
         if ram_file:
             argv += ["--ram-file", str(s.qemu.ram_path)]
         run = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=120)
-        assert "shutdown" in s.qemu.monitor("info status")
+        status = s.qemu.monitor("info status")
+    assert out.exists() and "shutdown" in status, (run.returncode, status, run.stderr[-3000:])
     return run.returncode, run.stderr, json.loads(out.read_text()), trace
 
 
