@@ -40,7 +40,7 @@ __all__ = [
     "SysOpSpec", "Insn", "SysRegAccess", "SysOp", "Hint", "Barrier", "MsrImm",
     "ExceptionGen", "ExceptionReturn", "Unknown", "Decoded",
     "decode", "decode_bytes", "decode_iss_sys64", "decode_esr",
-    "sysreg_name", "generic_sysreg_name", "sysreg_encoding", "find_sys_op",
+    "sysreg_name", "generic_sysreg_name", "sysreg_encoding", "find_sys_op", "system_word",
     "EC_WFX", "EC_SVC64", "EC_HVC64", "EC_SMC64", "EC_SYS64", "EC_ERET",
 ]
 
@@ -1088,7 +1088,8 @@ def decode_bytes(data: bytes, offset: int = 0) -> Decoded:
     return decode(int.from_bytes(chunk, "little"))
 
 
-def _system_word(L: int, op0: int, op1: int, crn: int, crm: int, op2: int, rt: int) -> int:
+def system_word(L: int, op0: int, op1: int, crn: int, crm: int, op2: int, rt: int) -> int:
+    """The MRS/MSR/SYS/SYSL instruction word (``L`` 1 for reads) with these fields."""
     raw = SYSTEM_INSN.build(dict(prefix=SYSTEM_PREFIX, L=L, op0=op0, op1=op1, CRn=crn,
                                  CRm=crm, op2=op2, Rt=rt))
     return int.from_bytes(raw, "big")
@@ -1101,7 +1102,7 @@ def decode_iss_sys64(iss: int) -> Decoded:
     (its ``word`` is that synthesised encoding); Direction=1 means a read
     (MRS/SYSL). Only ISS bits[24:0] are used."""
     f = ISS_SYS.parse(iss & 0x1FFFFFF)
-    return decode(_system_word(int(f.Direction), f.Op0, f.Op1, f.CRn, f.CRm, f.Op2, f.Rt))
+    return decode(system_word(int(f.Direction), f.Op0, f.Op1, f.CRn, f.CRm, f.Op2, f.Rt))
 
 
 def _exc_gen_word(mnemonic: str, imm16: int) -> int:
@@ -1136,7 +1137,7 @@ def decode_esr(esr: int) -> Decoded | None:
         ti = ISS_WFX.get(f.ISS, "TI")
         if ti > 1:
             return None
-        return decode(_system_word(0, 0, 3, 2, 0, 3 if ti == 0 else 2, 31))
+        return decode(system_word(0, 0, 3, 2, 0, 3 if ti == 0 else 2, 31))
     if f.EC == EC_ERET:
         e = ISS_ERET.parse(f.ISS)
         name = "eret" if not e.ERET else ("eretab" if e.ERETA else "eretaa")

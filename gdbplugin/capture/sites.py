@@ -18,23 +18,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..arch.sysinsn import SYS_OP_SPECS, SYSREGS, SysOp, SysRegAccess, decode
+from ..arch.sysinsn import (SYS_OP_SPECS, SysOp, SysRegAccess, decode, sysreg_encoding,
+                             system_word)
 
 CHUNK = 16 << 20                          # bytes of RAM read and scanned at a time
 RT_MASK = np.uint32(0xFFFF_FFE0)          # every field of a system instruction but Rt
 WATCHED_WRITES = ("SCTLR_EL1",)
 
 
-def _word(op0: int, op1: int, crn: int, crm: int, op2: int) -> int:
-    """The MSR/SYS (L=0) instruction word with Rt = 0 (C5.2.x: 1101 0101 00 L op0 op1 CRn
-    CRm op2 Rt)."""
-    return (0b1101010100 << 22) | (op0 << 19) | (op1 << 16) | (crn << 12) | (crm << 8) \
-        | (op2 << 5)
-
-
-_ENCODING = {name: enc for enc, name in SYSREGS.items()}
-MSR_WORDS = {name: _word(*_ENCODING[name]) for name in WATCHED_WRITES}
-SET_WAY_WORDS = {f"dc {s.op}": _word(1, s.op1, s.crn, s.crm, s.op2)
+MSR_WORDS = {name: system_word(0, *sysreg_encoding(name), 0) for name in WATCHED_WRITES}
+SET_WAY_WORDS = {f"dc {s.op}": system_word(0, 1, s.op1, s.crn, s.crm, s.op2, 0)
                  for s in SYS_OP_SPECS if s.operand == "setway"}
 
 
