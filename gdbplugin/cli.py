@@ -79,12 +79,15 @@ def cmd_walk(args) -> int:
 
 
 def _write_json(dest: str, report: dict) -> None:
-    text = json.dumps(report, indent=1)
+    _write_text(dest, json.dumps(report, indent=1) + "\n")
+
+
+def _write_text(dest: str, text: str) -> None:
     if dest == "-":
-        sys.stdout.write(text + "\n")
+        sys.stdout.write(text)
         return
     try:
-        Path(dest).write_text(text + "\n")
+        Path(dest).write_text(text)
     except OSError as exc:
         raise UsageError(f"cannot write {dest}: {exc.strerror or exc}") from None
 
@@ -138,7 +141,6 @@ def cmd_replay(args) -> int:
     from .model.engine import Replay
     from .model.policies import POLICIES
     from .model.trace import TraceError, read_trace
-    from .ui.report import matrix, print_compare, print_findings, report
 
     try:
         trace = read_trace(args.trace)
@@ -146,32 +148,44 @@ def cmd_replay(args) -> int:
         raise UsageError(f"{args.trace}: {exc}") from None
     policy = args.policy or trace.header.get("policy") or "kvm"
     if policy not in POLICIES:
-        raise UsageError(f"unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+        where = f"--policy" if args.policy else f"{args.trace}: line 1 (header) policy"
+        raise UsageError(f"{where}: unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     result = Replay(trace.header).run(trace)
-    console = _console()
-    if args.json != "-":
-        if args.compare:
-            print_compare(console, result)
-        else:
-            print_findings(console, result, policy)
-    if args.json:
-        out = report(result, policy)
-        if args.compare:
-            out["compare"] = matrix(result)
-        _write_json(args.json, out)
-    return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+    out = _reports(args, _console(), result, policy, trace.header)
+    return out["verdict"]["exit"]
 
 
-def _live_report(args, console, result, live, **sections) -> None:
-    """A live session's findings on the console (unless the JSON goes to stdout) and its
-    JSON report with the session's statistics (and ``sections``)."""
-    from .ui.report import print_findings, report
-    if args.json != "-":
-        print_findings(console, result, live.policy)
-    if args.json:
-        out = report(result, live.policy)
+def _reports(args, console, result, policy: str, header: dict, live=None,
+             **sections) -> dict:
+    """Every view of one result: the findings (or with --compare the policy matrix and the
+    cost table) on the console unless the JSON goes to stdout, then the JSON, Markdown,
+    SARIF and SVG reports asked for.  Returns the JSON report."""
+    from .ui.report import cost_rows, matrix, print_compare, print_findings, report
+    out = report(result, policy, cpu=header.get("cpu"), strict=args.strict)
+    if live is not None:
         out["stats"]["live"] = {k: v for k, v in live.status().items() if k != "vcpus"}
-        _write_json(args.json, {**out, **sections})
+    out.update(sections)
+    if args.compare:
+        out["compare"] = matrix(result)
+        out["compare_cost"] = cost_rows(result)
+    if args.json != "-":
+        (print_compare if args.compare else print_findings)(console, result, *(
+            () if args.compare else (policy,)))
+    if args.json:
+        _write_json(args.json, out)
+    if getattr(args, "md", None):
+        from .ui.markdown import markdown
+        _write_text(args.md, markdown(out))
+    if getattr(args, "sarif", None):
+        from .ui.sarif import sarif
+        _write_json(args.sarif, sarif(out))
+    if getattr(args, "svg", None):
+        from .ui.timeline import timeline_svg
+        try:
+            timeline_svg(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
+    return out
 
 
 def cmd_attach(args) -> int:
@@ -215,8 +229,8 @@ def cmd_attach(args) -> int:
         print(f"s2cache: the shim's ring never appeared in guest RAM ({why}); is the guest "
               f"running under the shim?", file=sys.stderr)
         return EXIT_TARGET
-    policy = live.policy
-    _live_report(args, console, result, live)
+    out = _reports(args, console, result, live.policy,
+                   live.recorder.header if live.recorder else {}, live=live)
     halted = live.ring.header().halted if live.ring else None
     failed = [f"s2cache: the shim halted: {halted}"] if halted else []
     if why == "qemu-exited":
@@ -228,7 +242,7 @@ def cmd_attach(args) -> int:
         print(line, file=sys.stderr)
     if failed:
         return EXIT_TARGET
-    return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+    return out["verdict"]["exit"]
 
 
 def _session_config(args):
@@ -270,29 +284,37 @@ def cmd_qemu_cmd(args) -> int:
 
 
 def cmd_run(args) -> int:
+    import contextlib
     import re
     import time
     from .capture.live import LiveSession
     from .shim.launch import ShimSession
     from .shim.ring import RingReader
     from .target.errors import TargetError
-    from .ui.live import WarningPrinter, dropped_line
+    from .ui.live import LivePanel, WarningPrinter, dropped_line
 
     cfg = _session_config(args)
     shim = _shim_image()
     config = cfg.qemu_config(shim, paused=True)
     trace = args.trace or "s2cache-run.jsonl"
     console = _console()
+    err = Console(stderr=True, highlight=False)
     marker = re.compile(cfg.until)
-    why, tail, result, live = "", "", None, None
+    panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
+                       cfg.timeout) if console.is_terminal and args.json != "-" else None)
+    view = panel or WarningPrinter(console)
+    why, tail, result, live, halted = "", "", None, None, None
+    started = time.monotonic()
     try:
-        with ShimSession(config, shim) as s:
+        with ShimSession(config, shim) as s, (panel or contextlib.nullcontext()):
             q = s.qemu
             live = LiveSession(
                 lambda: RingReader.from_file(q.ram_path, s.ram_base, consume=True),
                 vcpus=cfg.smp, trace=trace, policy=cfg.policy, drain="shared RAM file",
                 info_roms=q.monitor("info roms"), info_mtree=q.monitor("info mtree -f"),
-                cpu_model=cfg.cpu.split(",")[0], views=[WarningPrinter(console)])
+                cpu_model=cfg.cpu.split(",")[0], views=[view])
+            if panel:
+                panel.session = live
             q.monitor("cont")
             deadline = time.monotonic() + cfg.timeout
             try:
@@ -313,7 +335,7 @@ def cmd_run(args) -> int:
             tail = s.console()[-4000:]
             halted = live.ring.header().halted if live.ring is not None else None
     except TargetError as exc:
-        print(f"s2cache: the target failed: {exc}", file=sys.stderr)
+        err.print(f"s2cache: the target failed: {exc}")
         return EXIT_TARGET
     failed = {"qemu-exited": f"QEMU exited before the marker {cfg.until!r}",
               "halted": f"the shim halted: {halted}",
@@ -321,20 +343,44 @@ def cmd_run(args) -> int:
               "interrupted": "interrupted"}.get(why)
     if result is None:
         failed = failed or "the shim's ring never appeared"
-        print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}", file=sys.stderr)
-        return EXIT_TARGET
-    policy = live.policy
-    _live_report(args, console, result, live, run={
+        err.print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}")
+        return 130 if why == "interrupted" else EXIT_TARGET
+    header = live.recorder.header if live.recorder else {}
+    out = _reports(args, console, result, live.policy, header, live=live, run={
         "config": str(cfg.path), "ended": why, "trace": str(trace),
+        "seconds": round(time.monotonic() - started, 3),
         "console_tail": tail if failed else None})
     if live.dropped:
-        print(dropped_line(live.dropped), file=sys.stderr)
+        err.print(dropped_line(live.dropped))
     if failed:
-        print(f"s2cache: {failed} (the report and trace hold what was seen)", file=sys.stderr)
+        err.print(f"s2cache: {failed} (the report and trace hold what was seen)")
         return 130 if why == "interrupted" else EXIT_TARGET
+    v = out["verdict"]
+    if args.json != "-":
+        err.print(f"s2cache: {cfg.path.name} under {live.policy}: {why} after "
+                  f"{out['run']['seconds']:.1f} s, {live.stats.events:,} events; "
+                  f"{v['failing']} finding(s) fail the run, {v['uncovered']} uncovered "
+                  f"({v['guest_own']} the guest's own){_written(args)}")
     if live.dropped:
         return EXIT_TARGET
-    return EXIT_FINDINGS if result.uncovered(policy) else EXIT_OK
+    return v["exit"]
+
+
+def _written(args) -> str:
+    """Where the reports went, for the summary line."""
+    outs = [f"{k} {getattr(args, k)}" for k in ("json", "md", "sarif", "svg")
+            if getattr(args, k, None) and getattr(args, k) != "-"]
+    return "; reports: " + ", ".join(outs) if outs else ""
+
+
+def _report_args(parser) -> None:
+    parser.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    parser.add_argument("--md", help="write the report as Markdown to this file")
+    parser.add_argument("--sarif", help="write the findings as SARIF 2.1.0 to this file")
+    parser.add_argument("--svg", help="draw the timeline (SCTLR_EL1 per vCPU, stage-2 faults, "
+                        "findings) as SVG to this file")
+    parser.add_argument("--strict", action="store_true", help="the guest's own uncovered "
+                        "findings fail the run too (default: only the hypervisor's)")
 
 
 def _session_args(parser) -> None:
@@ -344,7 +390,9 @@ def _session_args(parser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
     parser = _Parser(prog="s2cache", description="Find the cache-maintenance bugs QEMU hides.")
+    parser.add_argument("--version", action="version", version=f"s2cache {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     walk = sub.add_parser("walk", help="walk translation tables in a raw memory image")
     walk.add_argument("--mem", required=True, help="raw memory image (e.g. QEMU pmemsave)")
@@ -367,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "(default: the trace's, else kvm)")
     how.add_argument("--compare", action="store_true",
                      help="findings x policies matrix and the coverage-versus-cost table")
-    rep.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    _report_args(rep)
     rep.set_defaults(func=cmd_replay)
 
     insp = sub.add_parser("inspect", help="attach to a QEMU gdbstub, decode every vCPU's "
@@ -390,7 +438,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "the RAM file, /proc/<qemu-pid>/mem, or gdb (stops the guest to read)")
     att.add_argument("--policy", help="active policy (default: the one the shim runs)")
     att.add_argument("--trace", help="write the trace here (default s2cache-attach.jsonl)")
-    att.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    att.add_argument("--compare", action="store_true", help="also the policy comparison")
+    _report_args(att)
     att.set_defaults(func=cmd_attach)
 
     run = sub.add_parser("run", help="boot a configuration (qemu-configs/*.toml) under the "
@@ -399,7 +448,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, help="seconds to the marker (default: the "
                      "config's)")
     run.add_argument("--trace", help="trace file (default s2cache-run.jsonl)")
-    run.add_argument("--json", help="write the report as JSON to this file ('-' for stdout)")
+    run.add_argument("--compare", action="store_true", help="also the policy comparison: "
+                     "per policy, uncovered findings by kind and the maintenance it costs")
+    _report_args(run)
     run.set_defaults(func=cmd_run)
 
     qcmd = sub.add_parser("qemu-cmd", help="print the QEMU command line of a configuration, "
@@ -420,7 +471,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("s2cache: interrupted", file=sys.stderr)
-        return EXIT_TARGET
+        return 130
 
 
 if __name__ == "__main__":

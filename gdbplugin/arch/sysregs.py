@@ -80,6 +80,12 @@ ISS_HVC = Layout("ISS(SVC/HVC/SMC)", 32, imm16=(15, 0))
 ISS_WFX = Layout("ISS(WFx)", 32, TI=(1, 0))
 ISS_ERET = Layout("ISS(ERET)", 32, ERET=1, ERETA=0)
 
+# Cache geometry (the report says which CPU the I-side findings are about).
+CTR_EL0 = Layout("CTR_EL0", TminLine=(37, 32), DIC=29, IDC=28, CWG=(27, 24), ERG=(23, 20),
+                 DminLine=(19, 16), L1Ip=(15, 14), IminLine=(3, 0))
+CLIDR_EL1 = Layout("CLIDR_EL1", ICB=(32, 30), LoUU=(29, 27), LoC=(26, 24), LoUIS=(23, 21),
+                   **{f"Ctype{n}": (3 * n - 1, 3 * n - 3) for n in range(1, 8)})
+
 HPFAR_EL2 = Layout("HPFAR_EL2", NS=63, FIPA=(47, 4))
 
 # Exception classes (ESR_ELx.EC) used by the capture side.

@@ -120,6 +120,7 @@ class LiveSession:
                 "lost": ring.lost if ring else 0, "dropped": self.dropped,
                 "vcpus": [{"vcpu": i, "el": v.el, "sctlr": v.sctlr, "online": v.online}
                           for i, v in enumerate(self.vcpu)],
+                "pages_mapped": int(self.replay.mapped.sum()) if self.replay else 0,
                 "findings": len(self.findings),
                 "uncovered": sum(1 for f in self.findings if f.kind not in INFO_KINDS),
                 "halted": ring.header().halted if ring else None}

@@ -137,11 +137,12 @@ def line_mask(first_line: int, last_line: int) -> np.uint64:
 
 
 class ShadowCache:
-    """The three line bitmaps of one world (one hypothesis about the hypervisor)."""
+    """The three line bitmaps of one world (one hypothesis about the hypervisor); with other
+    ``states``, line bitmaps of any other fact (the engine's record of host-written code)."""
 
-    def __init__(self, ram: RamMap):
+    def __init__(self, ram: RamMap, states: tuple[str, ...] = STATES):
         self.ram = ram
-        self.bits = {name: np.zeros(ram.pages, dtype=np.uint64) for name in STATES}
+        self.bits = {name: np.zeros(ram.pages, dtype=np.uint64) for name in states}
 
     @property
     def nbytes(self) -> int:

@@ -154,12 +154,20 @@ class Result:
     maps: int
     unmaps: int
     stats: dict = field(default_factory=dict)
+    fault_seqs: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def findings(self, policy: str) -> list[Finding]:
         return self.worlds[policy].findings
 
     def uncovered(self, policy: str) -> list[Finding]:
         return [f for f in self.worlds[policy].findings if f.kind not in INFO_KINDS]
+
+    def failing(self, policy: str, strict: bool = False) -> list[Finding]:
+        """The findings that make the verdict 1 under ``policy``: uncovered hazards that are
+        the hypervisor's job (a checker of hypervisors does not fail one for its guest's own
+        I-cache maintenance: those are listed, flagged ``guest``); ``strict`` counts the
+        guest's own too."""
+        return [f for f in self.uncovered(policy) if strict or f.responsibility != "guest"]
 
 
 class Replay:
@@ -197,10 +205,14 @@ class Replay:
         self.last_fault_vcpu = 0
         self.set_way_open: dict[int, list] = {}   # vcpu -> [operations, findings] of its sweep
         self.last_writer: dict[int, tuple[int, int]] = {}   # PA page -> (vcpu, pc) of a write
+        # Lines the host wrote (loaded, not zeroed) that no guest write replaced since: whose
+        # job an I-cache invalidation of them is (gdbplugin/model/hazards.py).
+        self.host_code = ShadowCache(self.ram, ("host",))
         self.counts: dict[str, int] = {}
         self.max_batch = max_batch        # 1 replays strictly event by event (a test oracle)
         self._open_first_map: dict[tuple, tuple] = {}   # (kind, world) -> (finding, outcome)
         self._kind_counts = np.zeros(len(E.KIND_NAMES), dtype=np.int64)
+        self._fault_seqs: list[np.ndarray] = []       # when stage-2 faults came (timelines)
         self._started = self._finished = False
         self.hold = hold                  # events of an open vectorized run ``feed`` may hold
         self._held: list[tuple[np.ndarray, dict]] = []
@@ -249,6 +261,8 @@ class Replay:
         n = len(ev)
         if n:
             self._kind_counts += np.bincount(ev["kind"], minlength=len(self._kind_counts))
+            self._fault_seqs.append(ev["seq"][ev["kind"] == E.KIND_CODE["s2-fault"]]
+                                    .astype(np.int64))
             extras = extras or {}
             in_batch = self._batchable(ev)
             lone = np.flatnonzero(~in_batch)
@@ -336,7 +350,8 @@ class Replay:
                                               message=text))
             self.counts = {E.KIND_NAMES[k]: int(c) for k, c in enumerate(self._kind_counts)
                            if c}
-        return Result(self.worlds, self.transitions, self.maps, self.unmaps, self.stats())
+        return Result(self.worlds, self.transitions, self.maps, self.unmaps, self.stats(),
+                      np.concatenate(self._fault_seqs or [np.zeros(0, dtype=np.int64)]))
 
     def settle(self, v: int, e=None) -> None:
         """Settle vCPU ``v``'s pending checks at its event ``e`` (None: the end of the trace),
@@ -509,6 +524,8 @@ class Replay:
 
     def host_write(self, seq: int, source: str, pa: int, size: int) -> None:
         """The host (VMM, builder, kernel zeroing) wrote through its cacheable mapping."""
+        if source != "host-zero":
+            self.host_code.set(["host"], pa, size)
         for w in self.worlds.values():
             w.cache.set(["dirty", "code"], pa, size)
             w.cache.clear(["stale"], pa, size)
@@ -522,6 +539,7 @@ class Replay:
         if access != "write":
             return
         vc = self.vcpus[v]
+        self.host_code.clear(["host"], pa, size)
         for w in self.worlds.values():
             page = self.ram.page_index(pa)
             memattr = int(self.memattr[page]) if page >= 0 else 0xF
@@ -534,6 +552,7 @@ class Replay:
         if not pages.size:
             return
         memattr = self.memattr[pages]
+        self.host_code.clear_pages(["host"], pages)
         for w in self.worlds.values():
             ok = self.cacheable(w, vcpus, memattr)
             w.cache.set_pages(["dirty", "code"], pages[ok])
@@ -660,8 +679,9 @@ class Replay:
             w = self.worlds[name]
             if len(made) == 1 and len(w.findings) > 1:
                 last, new = w.findings[-2], w.findings[-1]
-                if (last.kind, last.vcpu, last.covered_by, last.observed) == \
-                        (new.kind, new.vcpu, new.covered_by, new.observed) \
+                if (last.kind, last.vcpu, last.covered_by, last.observed,
+                        last.responsibility) == (new.kind, new.vcpu, new.covered_by,
+                                                 new.observed, new.responsibility) \
                         and last.pa + last.size == new.pa:
                     last.size += new.size
                     w.findings.pop()
@@ -769,10 +789,13 @@ class Replay:
         worlds where none of those pages fired."""
         for name, w in self.worlds.items():
             for run in _runs(fires[name]):
+                pa, size = self.ram.page_pa(int(run[0])), len(run) * PAGE
                 f = Finding(kind, ctx["seq"], ctx.get("vcpu"), ctx.get("pc"), ctx.get("el"),
-                            ctx.get("sctlr"), ipa=self._ipa(int(run[0])),
-                            pa=self.ram.page_pa(int(run[0])), size=len(run) * PAGE,
-                            message=DETECTORS[kind].meaning)
+                            ctx.get("sctlr"), ipa=self._ipa(int(run[0])), pa=pa, size=size,
+                            message=DETECTORS[kind].meaning,
+                            responsibility=DETECTORS[kind].responsibility(
+                                self, *((pa + 64 * ctx["line"], 64) if "line" in ctx
+                                        else (pa, size))))
                 f.covered_by, f.observed = self._coverage(
                     name, fires, lambda other, run=run: self._rules_for(
                         self.worlds[other], kind, run), run)

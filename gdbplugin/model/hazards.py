@@ -56,6 +56,10 @@ class Detector:
         """A pending check stays pending across this event of the vCPU."""
         return False
 
+    def responsibility(self, rp, pa: int, size: int) -> str | None:
+        """Whose job it was to prevent the hazard on [pa, pa+size): by default the kind's."""
+        return self.whose
+
 
 DETECTORS: dict[str, Detector] = {}
 
@@ -161,6 +165,12 @@ class IcacheNotInvalidated(Detector):
     def discharged_by(self, event_kind, op):
         return event_kind == "ic-inval" and op != "ivau"
 
+    def responsibility(self, rp, pa, size):
+        """The seed thread's rule: I-cache maintenance after the guest's own writes is the
+        guest's job; code the host wrote (and the guest did not rewrite since) is the
+        hypervisor's to invalidate before the guest can fetch it."""
+        return "hypervisor" if rp.host_code.any("host", pa, size) else "guest"
+
 
 @detector
 class MismatchedAlias(Detector):
@@ -232,12 +242,18 @@ class Finding:
     covered_by: list[str] = field(default_factory=list)
     observed: bool | None = None
     message: str = ""
+    responsibility: str | None = None       # "hypervisor", "guest", None (info)
+
+    def __post_init__(self):
+        if self.responsibility is None and self.kind in DETECTORS:
+            self.responsibility = DETECTORS[self.kind].whose
 
     def as_dict(self) -> dict:
         return {"kind": self.kind, "seq": self.seq, "vcpu": self.vcpu, "pc": self.pc,
                 "el": self.el, "sctlr": self.sctlr, "ipa": self.ipa, "pa": self.pa,
                 "size": self.size, "symbol": self.symbol, "covered_by": self.covered_by,
-                "observed": self.observed, "message": self.message}
+                "observed": self.observed, "responsibility": self.responsibility,
+                "message": self.message}
 
     @property
     def key(self) -> tuple:

@@ -76,6 +76,8 @@ def test_exec_fault_inside_a_block_makes_the_whole_leaf_executable(tmp_path):
     assert (f.pa, f.size) == (BASE + BLOCK, BLOCK)
     assert "kvm.icache-inval-on-exec-fault" in f.covered_by
     assert r.stats["cost"]["kvm"]["icache_invalidations"] == 1
+    assert f.responsibility == "hypervisor"        # the host loaded that code
+    assert r.failing("none") and not r.failing("kvm")
 
 
 def test_permission_fault_adding_exec_invalidates(tmp_path):
@@ -358,6 +360,20 @@ def test_a_fetch_of_rewritten_code_without_icache_maintenance_is_found(tmp_path)
     (f,) = found(r, "kvm", "icache-not-invalidated")
     assert (f.pc, f.pa, f.size) == (CODE + 0x48, CODE, PAGE)
     assert f"{CODE + 0x800:#x}" in f.message and "0xd503201f -> 0xaa1e03e9" in f.message
+    # The guest rewrote the fetched line after the host loaded it: its own job, listed but
+    # not failing a hypervisor's run unless asked to (--strict).
+    assert f.responsibility == "guest"
+    assert r.failing("kvm") == [] and r.failing("kvm", strict=True) == [f]
+
+
+def test_a_fetch_of_a_line_the_host_wrote_is_the_hypervisors(tmp_path):
+    """The same fetch, but the line holding the new instruction came from the host (a VMM
+    writing code into a running guest's RAM): invalidating it is the hypervisor's job."""
+    events = _rewrite()
+    events.insert(-1, load(CODE + 0x40, 64))
+    r = run(tmp_path, events)
+    (f,) = found(r, "kvm", "icache-not-invalidated")
+    assert f.responsibility == "hypervisor" and r.failing("kvm") == [f]
 
 
 def test_icache_maintenance_of_the_rewritten_line_covers_the_fetch(tmp_path):

@@ -22,15 +22,22 @@ def test_report_json_and_exit_codes(tmp_path):
     assert r["schema"] == "s2cache.report/1" and r["policy"] == "xen"
     (f,) = [f for f in r["findings"] if f["kind"] == "stage1-enable-stale"]
     assert set(f) >= {"kind", "vcpu", "pc", "el", "sctlr", "ipa", "pa", "size", "symbol",
-                      "covered_by", "observed", "message"}
+                      "covered_by", "observed", "message", "responsibility", "covered"}
+    assert (f["covered"], f["responsibility"]) == (False, "hypervisor")
+    assert r["verdict"]["exit"] == 1
     assert r["transitions"] == [{"vcpu": 0, "reg": "SCTLR_EL1", "old": 0, "new": 4101,
-                                 "pc": 1075839100}]
+                                 "pc": 1075839100, "seq": 6}]
     assert r["stage2"] == {"maps": 1, "unmaps": 0}
     assert set(r["stats"]["cost"]) == {"none", "rfc2013", "kvm", "xen", "fwb"}
-    # kvm covers everything in this trace: exit 0.
+    # kvm covers everything in this trace: exit 0, and the report still lists the hazard
+    # (found with no maintenance at all), flagged covered.
     assert main(["replay", trace, "--policy", "kvm", "--json", str(out)]) == 0
-    assert [f["kind"] for f in json.loads(out.read_text())["findings"]] == \
-        ["smp-mmu-off-window"]
+    r = json.loads(out.read_text())
+    assert [(f["kind"], f["covered"]) for f in r["findings"]] == \
+        [("smp-mmu-off-window", False), ("stage1-enable-stale", True)]
+    assert "kvm.flush-on-cache-toggle" in r["findings"][1]["covered_by"]
+    assert r["verdict"] == {"exit": 0, "strict": False, "failing": 0, "uncovered": 0,
+                            "guest_own": 0}
 
 
 def test_compare_json_matrix(tmp_path):

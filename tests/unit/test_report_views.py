@@ -1,0 +1,96 @@
+"""The report views of one result (JSON, Markdown, SARIF 2.1.0, SVG) and the exit rule, on the
+seed scenarios: every view tells the same findings, and the exit status follows the verdict."""
+from __future__ import annotations
+
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from gdbplugin.cli import main
+from gdbplugin.model.hazards import DETECTORS, INFO_KINDS
+
+SCENARIOS = Path(__file__).resolve().parents[1] / "scenarios"
+SET_WAY = str(SCENARIOS / "seed3-caches-off-set-way.jsonl")
+SARIF_LEVELS = {"none", "note", "warning", "error"}
+
+
+def views(tmp_path, trace, *extra):
+    out = {k: tmp_path / f"r.{k}" for k in ("json", "md", "sarif", "svg")}
+    code = main(["replay", trace, *extra, *(a for k, p in out.items() for a in (f"--{k}", str(p)))])
+    return code, json.loads(out["json"].read_text()), out
+
+
+@pytest.mark.parametrize("policy", ["none", "kvm"])
+def test_every_view_lists_the_same_findings(tmp_path, policy):
+    code, report, out = views(tmp_path, SET_WAY, "--policy", policy)
+    kinds = sorted(f["kind"] for f in report["findings"])
+    assert "set-way-op" in kinds and "caches-off-after-boot" in kinds
+    assert code == report["verdict"]["exit"] == (1 if policy == "none" else 0)
+    md = out["md"].read_text()
+    assert ("findings (exit 1)" if code else "nothing left uncovered (exit 0)") in md
+    hazards = [f for f in report["findings"] if f["kind"] not in INFO_KINDS]
+    for f in hazards:
+        assert re.search(rf"^\| {f['seq']} \| {f['kind']} \|", md, re.M), f["kind"]
+    assert "| 2 | 0 | SCTLR_EL1 |" in md            # the caches-on transition, seq 2
+    results = json.loads(out["sarif"].read_text())["runs"][0]["results"]
+    assert sorted(r["ruleId"] for r in results) == kinds
+    by_kind = {r["ruleId"]: r["level"] for r in results}
+    for f in hazards:
+        assert by_kind[f["kind"]] == ("warning" if f["covered"] else "error")
+    svg = ET.parse(out["svg"]).getroot()
+    assert svg.tag.endswith("svg")
+    text = "".join(svg.itertext())
+    assert "vCPU 0" in text and "set-way-op" in text
+
+
+def test_sarif_has_the_2_1_0_structure(tmp_path):
+    """What SARIF 2.1.0 requires of a log that code scanning ingests: version and schema, a
+    run with tool.driver.name, rules with unique ids, every result's ruleId naming the rule at
+    its ruleIndex, a level from the enumeration, a message text, and a physical location
+    with an address (absoluteAddress a non-negative integer) or an artifact."""
+    _, report, out = views(tmp_path, SET_WAY, "--policy", "none")
+    log = json.loads(out["sarif"].read_text())
+    assert log["version"] == "2.1.0" and log["$schema"].endswith("sarif-2.1.0.json")
+    (run,) = log["runs"]
+    driver = run["tool"]["driver"]
+    assert driver["name"] == "s2cache"
+    ids = [r["id"] for r in driver["rules"]]
+    assert len(ids) == len(set(ids)) and set(ids) == set(DETECTORS)
+    for rule in driver["rules"]:
+        assert rule["shortDescription"]["text"]
+        assert rule["defaultConfiguration"]["level"] in SARIF_LEVELS
+    assert len(run["results"]) == len(report["findings"])
+    for r in run["results"]:
+        assert driver["rules"][r["ruleIndex"]]["id"] == r["ruleId"]
+        assert r["level"] in SARIF_LEVELS and r["message"]["text"]
+        for loc in r.get("locations", []):
+            phys = loc["physicalLocation"]
+            assert "address" in phys or "artifactLocation" in phys
+            assert isinstance(phys["address"]["absoluteAddress"], int)
+            assert phys["address"]["absoluteAddress"] >= 0
+    located = [r for r in run["results"] if r["ruleId"] == "set-way-op"]
+    assert located and located[0]["locations"][0]["physicalLocation"]["address"]
+
+
+def test_the_guests_own_findings_fail_only_when_strict(tmp_path):
+    """Under no maintenance the guest turned its caches off having cleaned only by set/way:
+    the set/way op is the hypervisor's to trap (fails the run), the caches-off is the guest's
+    own (listed, flagged; fails only with --strict)."""
+    code, report, _ = views(tmp_path, SET_WAY, "--policy", "none")
+    whose = {f["kind"]: f["responsibility"] for f in report["findings"]}
+    assert whose["set-way-op"] == "hypervisor" and whose["caches-off-after-boot"] == "guest"
+    assert report["verdict"]["failing"] == 1 and report["verdict"]["guest_own"] == 1
+    code, report, _ = views(tmp_path, SET_WAY, "--policy", "none", "--strict")
+    assert code == 1 and report["verdict"]["failing"] == 2
+
+
+def test_compare_gives_the_trade_off_table(tmp_path):
+    code, report, out = views(tmp_path, SET_WAY, "--compare")
+    rows = {r["policy"]: r for r in report["compare_cost"]}
+    assert set(rows) == {"none", "rfc2013", "kvm", "xen", "fwb"}
+    assert rows["none"]["uncovered_by_kind"] == {"set-way-op": 1, "caches-off-after-boot": 1}
+    assert rows["kvm"]["uncovered"] == 0 and rows["kvm"]["vm_flushes"] >= 1
+    assert "## Policy comparison" in out["md"].read_text()
