@@ -26,8 +26,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _console() -> Console:
-    """Wide enough for the tables when the output is a pipe or a narrow terminal."""
-    return Console(width=max(Console().width, 120))
+    """A terminal's own width (tables fold to fit it); a pipe or file gets 160 columns and
+    no control characters.  Lines never wrap: one finding, one line (grep, CI logs)."""
+    probe = Console()
+    return Console(width=None if probe.is_terminal else 160, soft_wrap=True)
 
 
 def _int(text: str) -> int:
@@ -202,7 +204,7 @@ def cmd_attach(args) -> int:
         raise UsageError("--via file needs --ram-file")
     trace = args.trace or "s2cache-attach.jsonl"
     console = _console()
-    err = Console(stderr=True)
+    err = Console(stderr=True, soft_wrap=True)
     with _gdb() as gdb:
         try:
             session = attach(gdb, args.target, trace=trace, ram_file=args.ram_file,
@@ -298,7 +300,7 @@ def cmd_run(args) -> int:
     config = cfg.qemu_config(shim, paused=True)
     trace = args.trace or "s2cache-run.jsonl"
     console = _console()
-    err = Console(stderr=True, highlight=False)
+    err = Console(stderr=True, highlight=False, soft_wrap=True)
     marker = re.compile(cfg.until)
     panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
                        cfg.timeout) if console.is_terminal and args.json != "-" else None)

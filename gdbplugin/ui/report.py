@@ -27,6 +27,11 @@ def listed(result: Result, policy: str) -> list[tuple[Finding, bool]]:
     return sorted(out, key=lambda pair: pair[0].seq)
 
 
+def finding_dicts(result: Result, policy: str) -> list[dict]:
+    """The report's ``findings``: ``listed`` as JSON objects, each with ``covered``."""
+    return [dict(f.as_dict(), covered=covered) for f, covered in listed(result, policy)]
+
+
 def verdict(result: Result, policy: str, strict: bool = False) -> dict:
     """The exit status's reasons: uncovered hazards that are the hypervisor's job (and with
     ``strict`` the guest's own) make it 1."""
@@ -56,8 +61,7 @@ def report(result: Result, policy: str, cpu: dict | None = None, strict: bool = 
     """The report of one run under the active ``policy`` (README.md, "Report")."""
     return {"schema": REPORT_SCHEMA, "policy": policy,
             "verdict": verdict(result, policy, strict),
-            "findings": [dict(f.as_dict(), covered=covered)
-                         for f, covered in listed(result, policy)],
+            "findings": finding_dicts(result, policy),
             "transitions": [{k: t[k] for k in ("vcpu", "reg", "old", "new", "pc", "seq")}
                             for t in result.transitions],
             "stage2": {"maps": result.maps, "unmaps": result.unmaps},
@@ -106,13 +110,21 @@ def where_text(f: Finding) -> str:
     return f"{ipa}pa {f.pa:#x}+{f.size:#x}"
 
 
-def print_findings(console: Console, result: Result, policy: str) -> None:
-    """Every listed finding (covered ones dimmed): rule ids and kinds fold, never cut."""
+def print_findings(console: Console, result: Result, policy: str,
+                   covered_rows: int = 40) -> None:
+    """The listed findings (covered ones dimmed; past ``covered_rows`` of them, counted by
+    kind: the reports list them all): rule ids and kinds fold, never cut."""
     table = Table(title=f"findings under policy {policy}", header_style="bold")
     for col in ("seq", "kind", "vCPU", "pc", "where", "covered", "whose", "covered by",
                 "observed"):
         table.add_column(col, overflow="fold")
     pairs = listed(result, policy)
+    covered_pairs = [p for p in pairs if p[1]]
+    hidden: dict[str, int] = {}
+    if len(covered_pairs) > covered_rows:
+        for f, _ in covered_pairs:
+            hidden[f.kind] = hidden.get(f.kind, 0) + 1
+        pairs = [p for p in pairs if not p[1]]
     for f, covered in pairs:
         style = "dim" if f.kind in INFO_KINDS or covered else None
         table.add_row(str(f.seq), f.kind, "-" if f.vcpu is None else str(f.vcpu),
@@ -122,6 +134,10 @@ def print_findings(console: Console, result: Result, policy: str) -> None:
                       "-" if f.observed is None else ("yes" if f.observed else "no"),
                       style=style)
     console.print(table)
+    if hidden:
+        console.print(f"[dim]and {sum(hidden.values())} findings covered by {policy}: "
+                      f"{kinds_text(hidden, ', ')} (every one is in the reports)[/dim]",
+                      highlight=False)
     for f, _ in pairs:
         if f.kind in INFO_KINDS:
             console.print(f"[dim]{f.kind}: {f.message}[/dim]", highlight=False)
