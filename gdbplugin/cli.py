@@ -306,7 +306,7 @@ def cmd_run(args) -> int:
                        cfg.timeout) if console.is_terminal and args.json != "-" else None)
     view = panel or WarningPrinter(console)
     why, tail, result, live, halted = "", "", None, None, None
-    started = time.monotonic()
+    started, ended = time.monotonic(), 0.0
     try:
         with ShimSession(config, shim) as s, (panel or contextlib.nullcontext()):
             q = s.qemu
@@ -333,6 +333,7 @@ def cmd_run(args) -> int:
                         time.sleep(0.02)
             except KeyboardInterrupt:
                 why = "interrupted"
+            ended = time.monotonic() - started
             result = live.close()
             tail = s.console()[-4000:]
             halted = live.ring.header().halted if live.ring is not None else None
@@ -350,7 +351,7 @@ def cmd_run(args) -> int:
     header = live.recorder.header if live.recorder else {}
     out = _reports(args, console, result, live.policy, header, live=live, run={
         "config": str(cfg.path), "ended": why, "trace": str(trace),
-        "seconds": round(time.monotonic() - started, 3),
+        "seconds_to_end": round(ended, 3), "seconds_closed": round(time.monotonic() - started, 3),
         "console_tail": tail if failed else None})
     if live.dropped:
         err.print(dropped_line(live.dropped))
@@ -359,8 +360,9 @@ def cmd_run(args) -> int:
         return 130 if why == "interrupted" else EXIT_TARGET
     v = out["verdict"]
     if args.json != "-":
-        err.print(f"s2cache: {cfg.path.name} under {live.policy}: {why} after "
-                  f"{out['run']['seconds']:.1f} s, {live.stats.events:,} events; "
+        err.print(f"s2cache: {cfg.path.name} under {live.policy}: {why} after {ended:.1f} s, "
+                  f"{live.stats.events:,} events, all judged after "
+                  f"{out['run']['seconds_closed']:.1f} s; "
                   f"{v['failing']} finding(s) fail the run, {v['uncovered']} uncovered "
                   f"({v['guest_own']} the guest's own){_written(args)}")
     if live.dropped:
