@@ -157,13 +157,22 @@ def cmd_replay(args) -> int:
     return out["verdict"]["exit"]
 
 
-def _reports(args, console, result, policy: str, header: dict, live=None,
+def _reports(args, console, result, policy: str, header: dict, live=None, images=(),
              **sections) -> dict:
     """Every view of one result: the findings (or with --compare the policy matrix and the
     cost table) on the console unless the JSON goes to stdout, then the JSON, Markdown,
-    SARIF and SVG reports asked for.  Returns the JSON report."""
+    SARIF and SVG reports asked for; PCs named from ``images`` (gdbplugin/target/symbols.py).
+    Returns the JSON report."""
     from .ui.report import cost_rows, matrix, print_compare, print_findings, report
-    out = report(result, policy, cpu=header.get("cpu"), strict=args.strict)
+    files, placed = {}, None
+    if images:
+        from .target.symbols import Symbolizer
+        sym = Symbolizer(images, [t["pc"] for t in result.transitions
+                                  if t["reg"] == "SCTLR_EL1" and t["pc"] is not None])
+        files, placed = sym.annotate(result), sym.describe()
+    out = report(result, policy, cpu=header.get("cpu"), strict=args.strict, images=files)
+    if placed is not None:
+        out["symbols"] = placed
     if live is not None:
         out["stats"]["live"] = {k: v for k, v in live.status().items() if k != "vcpus"}
     out.update(sections)
@@ -257,6 +266,15 @@ def _session_config(args):
         raise UsageError(str(exc)) from None
 
 
+def _symbol_images(cfg):
+    """The config's ``[guest] symbols``, read before anything starts (errors: exit 2)."""
+    from .target.symbols import SymbolError, load_images
+    try:
+        return load_images(cfg.symbols, cfg.kernel)
+    except SymbolError as exc:
+        raise UsageError(f"{cfg.path}: [guest] symbols: {exc}") from None
+
+
 def _shim_image():
     from .shim.launch import ShimError, ShimImage
     try:
@@ -296,6 +314,7 @@ def cmd_run(args) -> int:
     from .ui.live import LivePanel, WarningPrinter, dropped_line
 
     cfg = _session_config(args)
+    images = _symbol_images(cfg)
     shim = _shim_image()
     config = cfg.qemu_config(shim, paused=True)
     trace = args.trace or "s2cache-run.jsonl"
@@ -349,7 +368,7 @@ def cmd_run(args) -> int:
         err.print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}")
         return 130 if why == "interrupted" else EXIT_TARGET
     header = live.recorder.header if live.recorder else {}
-    out = _reports(args, console, result, live.policy, header, live=live, run={
+    out = _reports(args, console, result, live.policy, header, live=live, images=images, run={
         "config": str(cfg.path), "ended": why, "trace": str(trace),
         "seconds_to_end": round(ended, 3), "seconds_closed": round(time.monotonic() - started, 3),
         "console_tail": tail if failed else None})

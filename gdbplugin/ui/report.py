@@ -27,9 +27,12 @@ def listed(result: Result, policy: str) -> list[tuple[Finding, bool]]:
     return sorted(out, key=lambda pair: pair[0].seq)
 
 
-def finding_dicts(result: Result, policy: str) -> list[dict]:
-    """The report's ``findings``: ``listed`` as JSON objects, each with ``covered``."""
-    return [dict(f.as_dict(), covered=covered) for f, covered in listed(result, policy)]
+def finding_dicts(result: Result, policy: str, images: dict | None = None) -> list[dict]:
+    """The report's ``findings``: ``listed`` as JSON objects, each with ``covered`` and the
+    ``image`` file whose symbols named its PC (``images``: {pc: file})."""
+    images = images or {}
+    return [dict(f.as_dict(), covered=covered, image=images.get(f.pc))
+            for f, covered in listed(result, policy)]
 
 
 def verdict(result: Result, policy: str, strict: bool = False) -> dict:
@@ -57,12 +60,14 @@ def cache_geometry(cpu: dict | None) -> dict | None:
             "level_of_coherence": c.LoC, "level_of_unification": c.LoUU}
 
 
-def report(result: Result, policy: str, cpu: dict | None = None, strict: bool = False) -> dict:
+def report(result: Result, policy: str, cpu: dict | None = None, strict: bool = False,
+           images: dict | None = None) -> dict:
     """The report of one run under the active ``policy`` (README.md, "Report")."""
     return {"schema": REPORT_SCHEMA, "policy": policy,
             "verdict": verdict(result, policy, strict),
-            "findings": finding_dicts(result, policy),
-            "transitions": [{k: t[k] for k in ("vcpu", "reg", "old", "new", "pc", "seq")}
+            "findings": finding_dicts(result, policy, images),
+            "transitions": [{k: t.get(k) for k in ("vcpu", "reg", "old", "new", "pc", "seq",
+                                                   "symbol")}
                             for t in result.transitions],
             "stage2": {"maps": result.maps, "unmaps": result.unmaps},
             "cpu": cache_geometry(cpu),

@@ -1,9 +1,11 @@
 """The SARIF 2.1.0 report, for GitHub/GitLab code scanning: one result per listed finding of
 the JSON report (gdbplugin/ui/report.py), ruleId = the hazard kind, level ``error`` when the
 active policy leaves it uncovered, ``warning`` when it covers it, ``note`` for the info kinds.
-The location is the PC as an absolute address, inside the ELF that named it when one did
+The location is the PC as an absolute address, in the image file whose symbols named it
 (physical location), and the function as a logical location."""
 from __future__ import annotations
+
+from pathlib import Path
 
 from .. import __version__
 from ..model.hazards import DETECTORS, INFO_KINDS
@@ -45,8 +47,8 @@ def _result(f: dict, rule_index: int) -> dict:
                                             "responsibility")}}
     if f["pc"] is not None:
         physical = {"address": {"absoluteAddress": f["pc"]}}
-        if f.get("elf"):
-            physical["artifactLocation"] = {"uri": f["elf"]}
+        if f.get("image"):
+            physical["artifactLocation"] = {"uri": Path(f["image"]).resolve().as_uri()}
         location = {"physicalLocation": physical}
         if f.get("symbol"):
             location["logicalLocations"] = [{"name": f["symbol"].split("+")[0],

@@ -26,7 +26,7 @@ def test_report_json_and_exit_codes(tmp_path):
     assert (f["covered"], f["responsibility"]) == (False, "hypervisor")
     assert r["verdict"]["exit"] == 1
     assert r["transitions"] == [{"vcpu": 0, "reg": "SCTLR_EL1", "old": 0, "new": 4101,
-                                 "pc": 1075839100, "seq": 6}]
+                                 "pc": 1075839100, "seq": 6, "symbol": None}]
     assert r["stage2"] == {"maps": 1, "unmaps": 0}
     assert set(r["stats"]["cost"]) == {"none", "rfc2013", "kvm", "xen", "fwb"}
     # kvm covers everything in this trace: exit 0, and the report still lists the hazard

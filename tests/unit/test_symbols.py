@@ -1,0 +1,90 @@
+"""Naming PCs from ``[guest] symbols`` (gdbplugin/target/symbols.py): placements proven by the
+run's SCTLR_EL1 write PCs landing on the image's own MSR SCTLR_EL1 instructions, at aligned
+addresses; a PC no proven placement covers gets no name, never a wrong one."""
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from gdbplugin.capture.sites import MSR_WORDS
+from gdbplugin.target.symbols import SymbolError, Symbolizer, load_images
+
+LINK = 0xFFFF_8000_0800_0000                 # where _text is linked
+ENTRY = 0x1000                               # primary_entry's offset in the Image
+SITES = (0x1100, 0x2F00)                     # MSR SCTLR_EL1, X0 in the Image
+PHYS = 0x4020_0000                           # where the Image is loaded (2 MiB aligned)
+KASLR = 0x3A5C_0000_0000                     # a 2 MiB-aligned randomization
+SIZE = 0x4000
+
+
+def kernel(tmp_path):
+    image = bytearray(SIZE)
+    image[0:4] = struct.pack("<I", 0x1400_0000 | (ENTRY // 4))      # b primary_entry
+    image[0x38:0x3C] = b"ARM\x64"
+    for off in SITES:
+        image[off:off + 4] = struct.pack("<I", MSR_WORDS["SCTLR_EL1"])
+    (tmp_path / "Image").write_bytes(bytes(image))
+    (tmp_path / "System.map").write_text("".join(
+        f"{LINK + off:016x} {t} {name}\n" for off, t, name in
+        ((ENTRY, "T", "primary_entry"), (0x10F0, "t", "__enable_mmu"),
+         (0x2E00, "T", "set_sctlr_el1"), (0x3000, "D", "some_data"))))
+    return load_images([tmp_path / "System.map"], tmp_path / "Image")
+
+
+def test_physical_and_kaslr_placements_name_the_functions(tmp_path):
+    images = kernel(tmp_path)
+    assert images[0].link == LINK
+    sym = Symbolizer(images, [PHYS + 0x1100, LINK + KASLR + 0x2F00])
+    assert sorted(p["runs_at"] for p in sym.describe()) == [PHYS, LINK + KASLR]
+    assert sym.locate(PHYS + 0x1100)[0] == "__enable_mmu+0x10"
+    assert sym.locate(PHYS + 0x1000)[0] == "primary_entry"
+    assert sym.locate(LINK + KASLR + 0x2F04)[0] == "set_sctlr_el1+0x104"
+    # data symbols are not functions: the nearest text symbol names the address
+    assert sym.locate(LINK + KASLR + 0x3008)[0] == "set_sctlr_el1+0x208"
+    assert sym.locate(PHYS + SIZE) is None                  # past the image
+    assert sym.locate(0x1234) is None and sym.locate(None) is None
+
+
+def test_no_placement_without_proof(tmp_path):
+    """A PC that is no MSR SCTLR_EL1 of the image at an aligned placement proves nothing;
+    without it, nothing in that address range is named."""
+    images = kernel(tmp_path)
+    sym = Symbolizer(images, [PHYS + 0x1104, PHYS + 0x8000 + 0x1100])   # not 64 KiB aligned
+    assert sym.describe() == []
+    assert sym.locate(PHYS + 0x1100) is None
+
+
+def test_an_ambiguous_pc_names_nothing(tmp_path):
+    """Two images that would both explain the same write PC, and name a PC differently:
+    no name rather than a guess."""
+    a = kernel(tmp_path)
+    (tmp_path / "b").mkdir()
+    b = kernel(tmp_path / "b")
+    (tmp_path / "b" / "System.map").write_text(
+        (tmp_path / "b" / "System.map").read_text().replace("__enable_mmu", "other_fn"))
+    b = load_images([tmp_path / "b" / "System.map"], tmp_path / "b" / "Image")
+    sym = Symbolizer(a + b, [PHYS + 0x1100])
+    assert sym.locate(PHYS + 0x1100) is None
+    assert sym.locate(PHYS + 0x1000)[0] == "primary_entry"    # both agree there
+
+
+@pytest.mark.parametrize("content, needs", [
+    (b"\x7fELF\x02\x01\x01" + bytes(57), "no executable segment"),
+    (b"garbage without symbols\n", "no text symbols"),
+])
+def test_bad_symbol_files_are_one_line(tmp_path, content, needs):
+    path = tmp_path / "syms"
+    path.write_bytes(content)
+    (tmp_path / "Image").write_bytes(bytes(SIZE))
+    with pytest.raises(SymbolError, match=needs):
+        load_images([path], tmp_path / "Image")
+
+
+def test_a_system_map_needs_a_linux_image(tmp_path):
+    kernel(tmp_path)
+    (tmp_path / "Image").write_bytes(bytes(SIZE))            # no ARM\x64 magic
+    with pytest.raises(SymbolError, match="not an arm64 Linux Image"):
+        load_images([tmp_path / "System.map"], tmp_path / "Image")
+    with pytest.raises(SymbolError, match="needs the config's"):
+        load_images([tmp_path / "System.map"], None)
