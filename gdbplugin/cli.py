@@ -179,9 +179,12 @@ def _reports(args, console, result, policy: str, header: dict, live=None, images
     if args.compare:
         out["compare"] = matrix(result)
         out["compare_cost"] = cost_rows(result)
-    if args.json != "-":
+    if args.json != "-" and (console.is_terminal or not sections.get("run")):
         (print_compare if args.compare else print_findings)(console, result, *(
             () if args.compare else (policy,)))
+    elif args.json != "-" and args.compare:
+        from .ui.report import print_cost
+        print_cost(console, result)
     if args.json:
         _write_json(args.json, out)
     if getattr(args, "md", None):

@@ -101,7 +101,9 @@ class LivePanel:
         elapsed = time.monotonic() - self.started
         grid = Table.grid(padding=(0, 2))
         bar = ProgressBar(total=self.timeout, completed=min(elapsed, self.timeout), width=30)
-        grid.add_row("elapsed", Group(bar, f"{elapsed:5.1f} s of {self.timeout:g} s"))
+        clock = Table.grid(padding=(0, 1))
+        clock.add_row(bar, f"{elapsed:5.1f} s of {self.timeout:g} s")
+        grid.add_row("elapsed", clock)
         st = self.session.status() if self.session is not None else None
         if st is not None:
             when, events, rate = self._rate

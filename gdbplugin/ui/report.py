@@ -116,9 +116,10 @@ def where_text(f: Finding) -> str:
 
 
 def print_findings(console: Console, result: Result, policy: str,
-                   covered_rows: int = 40) -> None:
-    """The listed findings (covered ones dimmed; past ``covered_rows`` of them, counted by
-    kind: the reports list them all): rule ids and kinds fold, never cut."""
+                   covered_rows: int = 40, rows: int = 200) -> None:
+    """The listed findings (covered ones dimmed; past ``covered_rows`` of them, and past
+    ``rows`` in all, counted by kind: the reports list them all): rule ids and kinds fold,
+    never cut."""
     table = Table(title=f"findings under policy {policy}", header_style="bold")
     for col in ("seq", "kind", "vCPU", "pc", "where", "covered", "whose", "covered by",
                 "observed"):
@@ -130,7 +131,10 @@ def print_findings(console: Console, result: Result, policy: str,
         for f, _ in covered_pairs:
             hidden[f.kind] = hidden.get(f.kind, 0) + 1
         pairs = [p for p in pairs if not p[1]]
-    for f, covered in pairs:
+    for f, _ in pairs[rows:]:
+        hidden[f.kind] = hidden.get(f.kind, 0) + 1
+    shown = pairs[:rows]
+    for f, covered in shown:
         style = "dim" if f.kind in INFO_KINDS or covered else None
         table.add_row(str(f.seq), f.kind, "-" if f.vcpu is None else str(f.vcpu),
                       pc_text(f), where_text(f),
@@ -140,8 +144,8 @@ def print_findings(console: Console, result: Result, policy: str,
                       style=style)
     console.print(table)
     if hidden:
-        console.print(f"[dim]and {sum(hidden.values())} findings covered by {policy}: "
-                      f"{kinds_text(hidden, ', ')} (every one is in the reports)[/dim]",
+        console.print(f"[dim]and {sum(hidden.values())} more findings (the covered ones "
+                      f"first): {kinds_text(hidden, ', ')} (every one is in the reports)[/dim]",
                       highlight=False)
     for f, _ in pairs:
         if f.kind in INFO_KINDS:

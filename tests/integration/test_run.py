@@ -61,6 +61,11 @@ def test_every_config_runs_to_its_marker(images, shim, tmp_path, config, policy)
     assert md.read_text().startswith("# s2cache report") and svg.stat().st_size > 10_000
     assert len(json.loads(sarif.read_text())["runs"][0]["results"]) == len(report["findings"])
     hazards = [f for f in report["findings"] if f["kind"] not in INFO_KINDS]
+    # Not a terminal: plain lines, one per finding as it arrives, and a final summary.
+    assert "\x1b" not in run.stdout + run.stderr
+    assert run.stderr.splitlines()[-1].startswith(f"s2cache: {config} under {policy}: marker")
+    if any(not f["covered"] for f in hazards):
+        assert "hazard: " in run.stdout
     # The kernel's functions are named (System.map placed by the run's own SCTLR_EL1 writes,
     # at its physical load address and at its KASLR-shifted VA): the MMU-on write is the
     # kernel's __enable_mmu, whichever firmware loaded it wherever.
