@@ -56,6 +56,7 @@ def cmd_walk(args) -> int:
         raise UsageError("stage 1 needs both --ttbr and --tcr")
     if stage2 and (args.ttbr1 or args.mair is not None):
         raise UsageError("--ttbr1 and --mair apply to stage 1 only")
+    _check_mem_base(args.mem_base)
     path = Path(args.mem)
     try:
         with path.open("rb") as f:
@@ -78,6 +79,14 @@ def cmd_walk(args) -> int:
         from .ui.console import print_walk
         print_walk(_console(), "", regime, mappings, errors)
     return EXIT_FINDINGS if errors else EXIT_OK
+
+
+def _check_mem_base(base: int | None) -> None:
+    """A memory image starts on a page: QEMU dumps and RAM files do, and a base off by a few
+    bytes would silently shift every table read."""
+    if base is not None and base % 4096:
+        raise UsageError(f"--mem-base {base:#x} is not 4 KiB-aligned (the PA of the image's "
+                         f"first byte, e.g. 0x40000000)")
 
 
 def _write_json(dest: str, report: dict) -> None:
@@ -113,6 +122,7 @@ def cmd_inspect(args) -> int:
 
     if (args.mem_file is None) != (args.mem_base is None):
         raise UsageError("--mem-file and --mem-base go together")
+    _check_mem_base(args.mem_base)
     console = _console()
     with _gdb() as gdb:
         try:
@@ -147,7 +157,9 @@ def cmd_replay(args) -> int:
     try:
         trace = read_trace(args.trace)
     except TraceError as exc:
-        raise UsageError(f"{args.trace}: {exc}") from None
+        text = str(exc)
+        raise UsageError(text if text.startswith("cannot read") else f"{args.trace}: {text}") \
+            from None
     policy = args.policy or trace.header.get("policy") or "kvm"
     if policy not in POLICIES:
         where = f"--policy" if args.policy else f"{args.trace}: line 1 (header) policy"

@@ -62,6 +62,7 @@ class Regime:
     fwb: bool = False
     mair: int | None = None
     sh_from_tcr: int = 0            # LPA2: shareability comes from TCR/VTCR.SH0/SH1
+    privileged_el: int = 1          # stage 1: the EL its privileged permissions are for
     config_errors: tuple[WalkError, ...] = ()
     fatal: bool = False             # the registers describe no walkable table
 
@@ -133,9 +134,10 @@ class Regime:
             sh_from_tcr=f["SH0"])
 
     @classmethod
-    def from_tcr(cls, tcr: int, ttbr: int, upper: bool = False, mair: int | None = None
-                 ) -> "Regime":
-        """Stage 1 of the EL1&0 regime (or EL2 with E2H) from raw TCR/TTBRn values."""
+    def from_tcr(cls, tcr: int, ttbr: int, upper: bool = False, mair: int | None = None,
+                 el: int = 1) -> "Regime":
+        """Stage 1 of the EL1&0 regime (``el`` 2: EL2&0 with E2H, or EL2 with its TCR_EL2
+        re-expressed in this layout) from raw TCR/TTBRn values."""
         f = TCR_EL1.decode(tcr)
         n = "1" if upper else "0"
         errors: list[WalkError] = []
@@ -153,7 +155,7 @@ class Regime:
             baddr=TTBR.build(BADDR=TTBR.get(ttbr, "BADDR")) | (ttbr & 0x3C),
             entries=1 << (ia_bits - (shift + stride * (3 - start))), fmt=fmt, errors=errors,
             upper=upper, hpd=bool(f[f"HPD{n}"]), ha=bool(f["HA"]), mair=mair,
-            sh_from_tcr=f[f"SH{n}"])
+            sh_from_tcr=f[f"SH{n}"], privileged_el=el)
 
     @staticmethod
     def _ia_bits(tsz: int, shift: int, fmt: D.AddressFormat, errors: list, name: str) -> int:
@@ -513,7 +515,8 @@ def _decode_attrs(r: Regime, key: int) -> dict:
     if r.mair is not None:
         attr = MAIR_EL1.get(r.mair, f"Attr{f['AttrIndx']}")
         memtype = str(from_mair(attr, sh))
-    return {"attr_index": f["AttrIndx"], "memtype": memtype, "ap": D.S1_AP[f["AP"]], "sh": sh,
+    ap = D.S1_AP[f["AP"]].replace("EL1", f"EL{r.privileged_el}")
+    return {"attr_index": f["AttrIndx"], "memtype": memtype, "ap": ap, "sh": sh,
             "af": bool(f["AF"]), "ng": bool(f["nG"]), "ns": bool(f["NS"]),
             "pxn": bool(f["PXN"]), "uxn": bool(f["UXN"]), "contiguous": bool(f["Contiguous"]),
             "dbm": bool(f["DBM"])}

@@ -80,11 +80,11 @@ def stage1_regimes(state: VcpuState) -> list[tuple[str, dict[str, int], Regime]]
                      {"TCR_EL2": r["TCR_EL2"], f"TTBR{n}_EL2": r[f"TTBR{n}_EL2"],
                       "MAIR_EL2": r["MAIR_EL2"]},
                      Regime.from_tcr(r["TCR_EL2"], r[f"TTBR{n}_EL2"], upper=n == 1,
-                                     mair=r["MAIR_EL2"])) for n in (0, 1)]
+                                     mair=r["MAIR_EL2"], el=2)) for n in (0, 1)]
         return [("stage 1 EL2 TTBR0_EL2",
                  {"TCR_EL2": r["TCR_EL2"], "TTBR0_EL2": r["TTBR0_EL2"], "MAIR_EL2": r["MAIR_EL2"]},
                  Regime.from_tcr(el2_tcr_as_el1(r["TCR_EL2"]), r["TTBR0_EL2"],
-                                 mair=r["MAIR_EL2"]))]
+                                 mair=r["MAIR_EL2"], el=2))]
     if not SCTLR_EL1.get(r["SCTLR_EL1"], "M"):
         return []
     return [(f"stage 1 EL1&0 TTBR{n}_EL1",

@@ -509,12 +509,17 @@ def read_trace(path) -> Trace:
     try:
         f = open(path, encoding="utf-8", errors="surrogateescape", newline="\n")
     except (OSError, ValueError, TypeError) as e:
-        raise TraceError(None, f"cannot read {path}: {e}") from None
+        raise TraceError(None, f"cannot read {path}: {_reason(e)}") from None
     try:
         with f:
             return _read(f)
     except OSError as e:
-        raise TraceError(None, f"cannot read {path}: {e}") from None
+        raise TraceError(None, f"cannot read {path}: {_reason(e)}") from None
+
+
+def _reason(e: Exception) -> str:
+    """An OS error's reason without the file name it repeats."""
+    return getattr(e, "strerror", None) or str(e)
 
 
 def _read(f) -> Trace:

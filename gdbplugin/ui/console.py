@@ -4,7 +4,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from ..arch.sysregs import REGISTERS, current_el
+from ..arch.sysregs import HCR_EL2, REGISTERS, current_el
 
 
 def size_text(n: int) -> str:
@@ -55,8 +55,12 @@ def print_walk(console: Console, title: str, regime, mappings, errors, limit=Non
 
 def print_vcpu(console: Console, state) -> None:
     console.print(f"[bold]vCPU {state.vcpu}[/bold] at EL{current_el(state.regs['CPSR'])}")
+    e2h = bool(HCR_EL2.get(state.regs.get("HCR_EL2", 0), "E2H"))
     for name, value in state.regs.items():
         layout = REGISTERS.get(name)
+        label = name
+        if name == "TCR_EL2" and e2h:       # HCR_EL2.E2H=1: TCR_EL2 takes TCR_EL1's format
+            layout, label = REGISTERS["TCR_EL1"], "TCR_EL2 (E2H=1, TCR_EL1 format)"
         if layout is not None:
-            console.print("  " + layout.describe(value).replace(layout.name, name, 1),
+            console.print("  " + layout.describe(value).replace(layout.name, label, 1),
                           highlight=False)

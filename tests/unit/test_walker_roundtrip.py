@@ -220,6 +220,17 @@ def test_table_attributes_restrict_stage1_leaves():
     assert (attrs["ap"], attrs["uxn"]) == ("RW", False)   # TCR.HPD0 disables them
 
 
+def test_el2_regimes_label_privileged_permissions_el2():
+    """Under VHE (EL2&0) and at EL2 the privileged permissions are EL2's, not EL1's."""
+    tcr = TCR_EL1.build(T0SZ=25, TG0=0, IPS=2)
+    r1, r2 = Regime.from_tcr(tcr, BASE), Regime.from_tcr(tcr, BASE, el=2)
+    b = TableBuilder(r1, BASE, 1 << 20, pool=(BASE + 0x1000, BASE + (1 << 20)))
+    b.map(0x1000_0000, 0x4020_0000, 3, AP=0, AttrIndx=0)
+    b.map(0x1000_2000, 0x4020_0000, 3, AP=2, AttrIndx=0)
+    assert [m.attrs["ap"] for m in Walker(r1, b.memory).mappings()] == ["RW-EL1", "RO-EL1"]
+    assert [m.attrs["ap"] for m in Walker(r2, b.memory).mappings()] == ["RW-EL2", "RO-EL2"]
+
+
 def test_mair_names_stage1_memory_types():
     mair = 0x00_44_04_FF   # Attr0 Normal WB, Attr1 Device-nGnRE, Attr2 Normal NC, Attr3 nGnRnE
     r = Regime.from_tcr(TCR_EL1.build(T0SZ=25, TG0=0, IPS=2), BASE, mair=mair)
