@@ -114,7 +114,7 @@ def _gdb():
 
 
 def cmd_inspect(args) -> int:
-    from .capture.snapshot import read_vcpus, snapshot
+    from .capture.snapshot import read_vcpus, snapshot, why_no_walk
     from .target.errors import TargetError
     from .target.physmem import GdbPhysMem, SharedRam
     from .target.registers import Registers
@@ -130,14 +130,23 @@ def cmd_inspect(args) -> int:
         except TargetError as exc:
             raise UsageError(f"cannot attach to {args.target}: {exc}") from None
         try:
+            # A guest QEMU holds at -S has not started: leave it so (gdb's detach would start it).
+            prelaunch = "prelaunch" in gdb.monitor("info status")
+            gdb.leave_stopped = prelaunch
             states = read_vcpus(gdb, Registers(gdb))
             mem = SharedRam(args.mem_file, args.mem_base) if args.mem_file else GdbPhysMem(gdb)
             walks = snapshot(states, mem)
         except TargetError as exc:
             print(f"s2cache: target error: {exc}", file=sys.stderr)
             return EXIT_TARGET
+    if prelaunch:
+        console.print("the guest has not started (QEMU -S): registers are at their reset "
+                      "values and it is left stopped", highlight=False)
     for state in states:
         print_vcpu(console, state)
+        if not any(state.vcpu in w.vcpus for w in walks):
+            console.print(f"  nothing to walk for vCPU {state.vcpu}: {why_no_walk(state)}",
+                          highlight=False)
     for walk in walks:
         vcpus = ",".join(map(str, walk.vcpus))
         print_walk(console, f"{walk.name} (vCPU {vcpus})", walk.regime, walk.mappings,

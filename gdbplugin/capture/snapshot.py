@@ -94,6 +94,15 @@ def stage1_regimes(state: VcpuState) -> list[tuple[str, dict[str, int], Regime]]
             for n in (0, 1)]
 
 
+def why_no_walk(state: VcpuState) -> str:
+    """Why a vCPU has no stage to walk (its translation is off, as at reset)."""
+    stage1 = "SCTLR_EL2.M=0" if state.el == 2 or \
+        (HCR_EL2.get(state.hcr, "E2H") and HCR_EL2.get(state.hcr, "TGE")) else "SCTLR_EL1.M=0"
+    stage2 = ("no stage 2 in use (HCR_EL2.VM=0 or no VTTBR_EL2 table)" if "HCR_EL2" in state.regs
+              else "no EL2")
+    return f"its MMU is off ({stage1}) and there is {stage2}"
+
+
 def el2_tcr_as_el1(tcr_el2: int) -> int:
     """The non-VHE TCR_EL2 (one range, PS at [18:16]) re-expressed in the TCR_EL1 layout, so one
     regime decoder serves both; TTBR1 walks are disabled (EPD1) as EL2 has no upper range."""

@@ -67,6 +67,7 @@ class GdbMI(Debugger):
         self._io = self._ctl.io_manager
         self.timeout = timeout
         self.resumes = 0                 # bumped whenever the target may have run
+        self.leave_stopped = False       # close() disconnects: the target stays stopped
         self._token = 0
         self._waiting: set[int] = set()
         self._done: dict[int, MIResult] = {}
@@ -188,7 +189,12 @@ class GdbMI(Debugger):
             raise GdbError(f"cannot connect to {address!r}: whitespace in a gdbstub address")
         # A refused TCP connection fails at once instead of being retried for seconds.
         self.command("-gdb-set tcp auto-retry off")
-        self.command(f"-target-select remote {address}", timeout)
+        try:
+            self.command(f"-target-select remote {address}", timeout)
+        except GdbTimeout:
+            raise GdbTimeout("the gdbstub took the connection but never answered: another "
+                             "debugger probably holds it (QEMU's gdbstub serves one at a "
+                             "time; detach that one first)") from None
         self._register_numbers = None      # register numbers depend on the target
         self._events.clear()
 
@@ -323,8 +329,14 @@ class GdbMI(Debugger):
 
     # -- lifetime -----------------------------------------------------------------------
     def close(self) -> None:
-        """Ask gdb to exit (it detaches from QEMU, which keeps running); kill it if it hangs."""
+        """Ask gdb to exit (it detaches from QEMU, which then runs; with ``leave_stopped`` it
+        disconnects instead and QEMU stays stopped); kill it if it hangs."""
         if self._proc.poll() is None:
+            if self.leave_stopped:
+                try:
+                    self.command('-interpreter-exec console "disconnect"', timeout=2)
+                except GdbError:
+                    pass
             try:
                 self.command("-gdb-exit", timeout=2)
             except GdbError:

@@ -161,3 +161,30 @@ def test_inspect_cli_on_pkvm(pkvm, tmp_path):
     assert stage2["vcpus"] == [0, 1] and stage2["errors"] == []
     regime = Regime.from_vtcr(stage2["registers"]["VTCR_EL2"], stage2["registers"]["VTTBR_EL2"])
     assert ("stage 2 VTTBR_EL2", regime) in expected
+
+
+def test_inspect_leaves_a_guest_that_never_started_as_found(images):
+    """QEMU started with -S: `inspect` says the guest has not started, why there is nothing
+    to walk, and leaves it stopped (gdb's detach would have started it); with another
+    debugger holding the gdbstub it says so in one line instead of a protocol timeout."""
+    import time
+    cfg = QemuConfig(kernel=images / "vmlinuz", initrd=images / "initramfs.cpio.gz",
+                     append="console=ttyAMA0 s2cache.hold", machine="virt",
+                     cpu="max,pauth-impdef=on", memory="512M", smp=1, paused=True)
+    with Qemu(cfg) as q:
+        cli = subprocess.run([sys.executable, "-m", "gdbplugin.cli", "inspect", q.gdb_address],
+                             capture_output=True, text=True, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert "has not started (QEMU -S)" in cli.stdout
+        assert "nothing to walk for vCPU 0: its MMU is off (SCTLR_EL1.M=0)" in cli.stdout
+        time.sleep(0.3)
+        assert "prelaunch" in q.monitor("info status")
+        holder = GdbMI()
+        try:
+            holder.connect(q.gdb_address)
+            cli = subprocess.run([sys.executable, "-m", "gdbplugin.cli", "inspect",
+                                  q.gdb_address], capture_output=True, text=True, timeout=120)
+        finally:
+            holder.close()
+        assert cli.returncode == 2 and cli.stderr.count("\n") == 1, cli.stderr
+        assert "another debugger probably holds it" in cli.stderr
