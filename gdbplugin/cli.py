@@ -330,6 +330,7 @@ def cmd_qemu_cmd(args) -> int:
 def cmd_run(args) -> int:
     import contextlib
     import re
+    import signal
     import time
     from .capture.live import LiveSession
     from .shim.launch import ShimSession
@@ -362,9 +363,14 @@ def cmd_run(args) -> int:
                 panel.session = live
             q.monitor("cont")
             deadline = time.monotonic() + cfg.timeout
+            # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
+            stop: list[int] = []
+            previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
             try:
                 while not why:
-                    if marker.search(s.console()):
+                    if stop:
+                        why = "interrupted"
+                    elif marker.search(s.console()):
                         why = "marker"
                     elif s.returncode is not None:
                         why = "qemu-exited"
@@ -372,10 +378,10 @@ def cmd_run(args) -> int:
                         why = "halted"
                     elif time.monotonic() > deadline:
                         why = "timeout"
-                    if not live.pump():
+                    if not why and not live.pump():
                         time.sleep(0.02)
-            except KeyboardInterrupt:
-                why = "interrupted"
+            finally:
+                signal.signal(signal.SIGINT, previous)
             ended = time.monotonic() - started
             result = live.close()
             tail = s.console()[-4000:]

@@ -179,8 +179,10 @@ class Qemu:
         argv = self.argv()
         with open(self._stderr_path, "wb") as err:
             try:
+                # Its own session: a terminal's Ctrl-C reaches s2cache, which ends QEMU
+                # after writing what it saw, not QEMU first.
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
-                                              stderr=err)
+                                              stderr=err, start_new_session=True)
             except OSError as exc:
                 raise QemuError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         self._finalizer.detach()

@@ -204,3 +204,27 @@ until = "x"
     run = s2cache("run", cfg, timeout=60)
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "[guest] symbols" in run.stderr and "no text symbols" in run.stderr
+
+
+def test_ctrl_c_exits_130_with_the_report_so_far(images, shim, tmp_path):
+    """Ctrl-C (SIGINT) while Linux boots: exit 130, one line saying so, and the report and
+    trace of everything seen until then, replaying to the same findings."""
+    import signal
+    out, trace = tmp_path / "r.json", tmp_path / "t.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", "gdbplugin.cli", "run",
+                             "qemu-configs/linux-shim.toml", "--json", str(out), "--trace",
+                             str(trace)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not trace.exists() or trace.stat().st_size < 1 << 20):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "s2cache: interrupted (the report and trace hold what was seen)" in err
+    assert "Traceback" not in err
+    report = json.loads(out.read_text())
+    assert report["run"]["ended"] == "interrupted"
+    t = read_trace(trace)
+    assert len(t) > 1000
+    assert unnamed(report["findings"]) == finding_dicts(Replay(t.header).run(t), "kvm")
