@@ -228,3 +228,49 @@ def test_ctrl_c_exits_130_with_the_report_so_far(images, shim, tmp_path):
     t = read_trace(trace)
     assert len(t) > 1000
     assert unnamed(report["findings"]) == finding_dicts(Replay(t.header).run(t), "kvm")
+
+
+def _program(tmp_path, words: list[int], until: str) -> Path:
+    """A config running raw AArch64 instruction words at 0x40400000 under the shim."""
+    import struct
+    image = tmp_path / "prog.bin"
+    image.write_bytes(b"".join(struct.pack("<I", w) for w in words))
+    cfg = tmp_path / "prog.toml"
+    cfg.write_text(f'[guest]\nimage = "{image}"\nload = 0x40400000\nentry = 0x40400000\n'
+                   f'[run]\nuntil = "{until}"\ntimeout = 60\n')
+    return cfg
+
+
+def test_run_says_when_the_shim_halted(shim, tmp_path):
+    """The guest reads QEMU's fw_cfg registers with LDP (no syndrome for the shim to emulate
+    the access): the shim halts on a diagnostic.  Exit 3, one line naming it, console tail in
+    the report."""
+    cfg = _program(tmp_path, [0xD2A12042,      # movz x2, #0x0902, lsl #16 (fw_cfg)
+                              0xA9400440,      # ldp x0, x1, [x2]
+                              0x14000000],     # b .
+                   "NEVER-PRINTED")
+    out = tmp_path / "r.json"
+    run = s2cache("run", cfg, "--json", out, "--trace", tmp_path / "t.jsonl", timeout=120)
+    assert run.returncode == 3, run.stderr
+    lines = [x for x in run.stderr.splitlines() if x.startswith("s2cache:")]
+    assert len(lines) == 1 and lines[0].startswith("s2cache: the shim halted: "), run.stderr
+    report = json.loads(out.read_text())
+    assert report["run"]["ended"] == "halted" and report["run"]["console_tail"]
+
+
+def test_run_says_when_qemu_exited_before_the_marker(shim, tmp_path):
+    """The scenario guest powers off after its own marker, which is not the config's: exit 3,
+    one line saying QEMU exited before the marker."""
+    cfg = tmp_path / "scenario.toml"
+    cfg.write_text(f'[guest]\nimage = "{SCENARIOS / "first_map_uncached.bin"}"\n'
+                   f'load = 0x40400000\nentry = 0x40400000\n[run]\nuntil = "NEVER-PRINTED"\n'
+                   f'timeout = 60\n')
+    out = tmp_path / "r.json"
+    run = s2cache("run", cfg, "--json", out, "--trace", tmp_path / "t.jsonl", timeout=120)
+    assert run.returncode == 3, run.stderr
+    lines = [x for x in run.stderr.splitlines() if x.startswith("s2cache:")]
+    assert lines == ["s2cache: QEMU exited before the marker 'NEVER-PRINTED' (the report and "
+                     "trace hold what was seen)"], run.stderr
+    report = json.loads(out.read_text())
+    assert report["run"]["ended"] == "qemu-exited"
+    assert "SCENARIO-DONE" in report["run"]["console_tail"]
