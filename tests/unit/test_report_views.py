@@ -94,3 +94,47 @@ def test_compare_gives_the_trade_off_table(tmp_path):
     assert rows["none"]["uncovered_by_kind"] == {"set-way-op": 1, "caches-off-after-boot": 1}
     assert rows["kvm"]["uncovered"] == 0 and rows["kvm"]["vm_flushes"] >= 1
     assert "## Policy comparison" in out["md"].read_text()
+
+
+def test_console_tables_fit_a_narrow_terminal_and_never_cut_a_rule_id(tmp_path):
+    """A 70-column terminal: every line fits, nothing is cut with an ellipsis, and the rule
+    ids are all there (folded over lines, not shortened)."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from gdbplugin.model.engine import Replay
+    from gdbplugin.model.trace import read_trace
+    from gdbplugin.ui.report import print_compare, print_findings
+    t = read_trace(SET_WAY)
+    result = Replay(t.header).run(t)
+    out = StringIO()
+    console = Console(file=out, width=70)
+    print_findings(console, result, "none")
+    print_compare(console, result)
+    text = out.getvalue()
+    assert all(len(line) <= 70 for line in text.splitlines())
+    assert "…" not in text
+    # the folded column holds every character: read top to bottom it is the rule list
+    column = _column(text, "coveredby")
+    for f in result.findings("none"):
+        for rule in f.covered_by:
+            assert rule in column, (rule, column)
+
+
+def _column(table: str, name: str) -> str:
+    """The text of one column (header ``name``, spaces dropped) of the first rich box table,
+    its cells read top to bottom."""
+    lines = table.splitlines()
+    top = next(i for i, line in enumerate(lines) if line.startswith("┃"))
+    end = next(i for i in range(top, len(lines)) if lines[i].startswith("┡"))
+    bars = [i for i, c in enumerate(lines[top]) if c == "┃"]
+    for a, b in zip(bars, bars[1:]):
+        if "".join(lines[j][a + 1:b] for j in range(top, end)).replace(" ", "") == name:
+            body = []
+            for line in lines[end + 1:]:
+                if line.startswith("└"):
+                    break
+                body.append(line[a + 1:b].strip())
+            return "".join(body)
+    raise AssertionError(f"no column {name!r}")
