@@ -88,3 +88,44 @@ def test_a_system_map_needs_a_linux_image(tmp_path):
         load_images([tmp_path / "System.map"], tmp_path / "Image")
     with pytest.raises(SymbolError, match="needs the config's"):
         load_images([tmp_path / "System.map"], None)
+
+
+RELOCATED = 0x5FF4_1000                      # where a U-Boot-like program moved itself
+
+
+def test_an_elf_is_named_at_its_link_address_and_where_it_relocated(tmp_path):
+    """A program linked at 0 (as U-Boot for QEMU's virt, running from flash) writes
+    SCTLR_EL1 there, then again from a page-aligned copy near the top of RAM: both
+    placements are proven, and PCs in either copy are named, built with the Debian cross
+    toolchain."""
+    import subprocess
+    src = tmp_path / "prog.S"
+    src.write_text("""
+        .text
+        .globl _start, mmu_setup, dcache_disable
+    _start:     nop
+                b mmu_setup
+    mmu_setup:  mrs x0, sctlr_el1
+                orr x0, x0, #1
+                msr sctlr_el1, x0
+                ret
+        .balign 64
+    dcache_disable:
+                mrs x0, sctlr_el1
+                bic x0, x0, #4
+                msr sctlr_el1, x0
+                ret
+    """)
+    obj, elf = tmp_path / "prog.o", tmp_path / "prog.elf"
+    subprocess.run(["aarch64-linux-gnu-as", "-o", str(obj), str(src)], check=True)
+    subprocess.run(["aarch64-linux-gnu-ld", "-Ttext=0", "-o", str(elf), str(obj)], check=True)
+    (image,) = load_images([elf], None)
+    sites = image.site_offsets()
+    assert len(sites) == 2
+    pcs = [sites[0], RELOCATED + sites[0], RELOCATED + sites[1]]
+    sym = Symbolizer([image], pcs)
+    assert sorted(p["runs_at"] for p in sym.describe()) == [0, RELOCATED]
+    assert sym.locate(sites[0])[0] == "mmu_setup+0x8"
+    assert sym.locate(RELOCATED + sites[1])[0] == "dcache_disable+0x8"
+    assert sym.locate(RELOCATED + 4)[0] == "_start+0x4"
+    assert sym.locate(RELOCATED + 0x10000) is None            # past the program
