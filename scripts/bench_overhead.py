@@ -3,6 +3,7 @@
 Watched: ``s2cache run qemu-configs/linux-shim.toml`` with every report on (JSON, Markdown,
 SARIF, SVG, the trace) and its stdout not a terminal (no live panel), timed from the
 process's start to its exit: the wait a CI job sees, the drain, replay and reports included.
+The watched boot's own time to its marker is printed too.
 Unwatched: the same configuration's QEMU command line (``s2cache qemu-cmd``, without -S),
 nobody reading the shim's ring (it holds the whole boot), timed from launch to the marker on
 its console.  Pairs alternate which side goes first; prints every pair, both medians, the
@@ -80,7 +81,7 @@ def main(argv=None) -> int:
     print(f"bench-overhead: {config.name} under {args.policy}: `s2cache run` with every report "
           f"(process start to exit) vs the same QEMU command line unwatched (launch to "
           f"marker), {args.pairs} pairs alternated")
-    ratios, times_w, times_u = [], [], []
+    ratios, times_w, times_u, to_marker = [], [], [], []
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         printed = subprocess.run(s2cache("qemu-cmd", config, "--policy", args.policy,
@@ -99,6 +100,9 @@ def main(argv=None) -> int:
             ratios.append(w / u)
             times_w.append(w)
             times_u.append(u)
+            found = re.search(r"marker after ([0-9.]+) s", summary)
+            if found:
+                to_marker.append(float(found.group(1)) / u)
             print(f"  pair {i + 1}: unwatched {u:6.2f} s  watched {w:6.2f} s  (x{w / u:5.3f}) "
                   f"[first: {sides[0]}]  {summary.removeprefix('s2cache: ')[:110]}")
     med = statistics.median(ratios)
@@ -106,6 +110,10 @@ def main(argv=None) -> int:
           f"{statistics.median(times_u):.2f} s")
     print(f"ratio {med:.3f} (target <= {TARGET}: {'met' if med <= TARGET else 'MISSED'})  "
           f"spread {min(ratios):.3f}..{max(ratios):.3f}")
+    if to_marker:
+        print(f"(the watched boot's own time to its marker, as s2cache run measured it, over "
+              f"the unwatched one: median {statistics.median(to_marker):.3f}; the rest is the "
+              f"session finishing its backlog and writing the reports)")
     return 0 if med <= TARGET else 1
 
 
