@@ -144,7 +144,10 @@ def _kernel_image(path: Path, kernel: Path) -> Image:
     if not entry or target is None:
         raise SymbolError(f"{path}: cannot place it on {kernel.name} (no primary_entry, or "
                           f"no branch to it in the Image header)")
-    return Image(path, entry[0] - target, data, symbols, KERNEL_ALIGN)
+    link = entry[0] - target
+    if not any(n == "_text" for _, n in symbols):     # kallsyms leaves the head section out
+        symbols.append((link, "_text"))
+    return Image(path, link, data, symbols, KERNEL_ALIGN)
 
 
 def _branch_target(word: int, at: int) -> int | None:

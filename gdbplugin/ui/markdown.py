@@ -3,7 +3,7 @@ verdict, the findings, the SCTLR_EL1 transitions, the policy comparison and the 
 geometry.  A pure function of the report dict, so every view tells the same story."""
 from __future__ import annotations
 
-from ..model.hazards import INFO_KINDS
+from ..model.hazards import DETECTORS, INFO_KINDS
 from .live import sctlr_flags
 from .report import bytes_text, kinds_text
 
@@ -31,20 +31,28 @@ def markdown(report: dict, title: str = "s2cache report") -> str:
                           ", ".join(f["covered_by"]) or "-", _yes_no(f["observed"]))
                          for f in hazards])
         lines.append("")
-        lines += [f"- seq {f['seq']}: {f['message']}" for f in hazards]
+        kinds = sorted({f["kind"] for f in hazards})
+        lines += [f"- `{k}`: {DETECTORS[k].meaning}" for k in kinds]
+        lines += [f"- seq {f['seq']}: {f['message']}" for f in hazards
+                  if f["message"] != DETECTORS[f["kind"]].meaning]
     else:
         lines.append("None.")
     info = [f for f in report["findings"] if f["kind"] in INFO_KINDS]
     if info:
         lines += ["", "Context:", ""] + [f"- `{f['kind']}`: {f['message']}" for f in info]
-    lines += ["", "## Transitions", ""]
-    if report["transitions"]:
-        lines += _table(("seq", "vCPU", "register", "old", "new", "M/C/I", "pc"),
-                        [(t.get("seq", "-"), t["vcpu"], t["reg"], _hex(t["old"]), _hex(t["new"]),
-                          _mci(t) if t["reg"] == "SCTLR_EL1" else "-", _hex(t["pc"]))
-                         for t in report["transitions"]])
+    lines += ["", "## SCTLR_EL1 transitions (MMU, D-cache, I-cache)", ""]
+    changes = [t for t in report["transitions"] if t["reg"] == "SCTLR_EL1"
+               and sctlr_flags(t["old"]) != sctlr_flags(t["new"])]
+    if changes:
+        lines += _table(("seq", "vCPU", "old", "new", "M/C/I", "pc"),
+                        [(t.get("seq", "-"), t["vcpu"], _hex(t["old"]), _hex(t["new"]), _mci(t),
+                          _pc(t)) for t in changes])
     else:
         lines.append("None recorded.")
+    others = len(report["transitions"]) - len(changes)
+    if others:
+        lines += ["", f"{others} other register writes (SCTLR_EL1 bits other than M/C/I, "
+                      f"TTBRs, TCR, MAIR, HCR_EL2) are in the JSON report."]
     compare = report.get("compare_cost")
     if compare:
         lines += ["", "## Policy comparison (the same boot under every policy)", ""]

@@ -1,5 +1,5 @@
 """The SVG timeline of a run (matplotlib): one lane per vCPU with its SCTLR_EL1 MMU, D-cache
-and I-cache on/off over the trace and the PC of each transition, the stage-2 fault rate
+and I-cache on/off over the trace and the function (else the PC) of each transition, the stage-2 fault rate
 below, and every hazard marked where it was raised, by kind (uncovered filled, covered
 hollow).  The x axis is the trace's event order (``seq``), the one clock every event has,
 linear over the first ``LINEAR`` events and logarithmic after: firmware and early boot, where
@@ -46,7 +46,8 @@ def timeline_svg(report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
         for t in changes[:LABELLED_TRANSITIONS]:
             ax.axvline(t["seq"], color="grey", lw=0.5, ls=":")
             if t["pc"] is not None:
-                ax.annotate(f"{sctlr_flags(t['new'])} @{t['pc']:#x}", (t["seq"], 3.0),
+                where = t.get("symbol") or f"{t['pc']:#x}"
+                ax.annotate(f"{sctlr_flags(t['new'])} @{where}", (t["seq"], 3.0),
                             fontsize=6, rotation=30, ha="left", va="bottom",
                             annotation_clip=False)
         for f in hazards:

@@ -34,7 +34,7 @@ def test_every_view_lists_the_same_findings(tmp_path, policy):
     hazards = [f for f in report["findings"] if f["kind"] not in INFO_KINDS]
     for f in hazards:
         assert re.search(rf"^\| {f['seq']} \| {f['kind']} \|", md, re.M), f["kind"]
-    assert "| 2 | 0 | SCTLR_EL1 |" in md            # the caches-on transition, seq 2
+    assert "| 2 | 0 | `0x0` | `0x1005` | mci -> MCI |" in md     # caches on, seq 2
     results = json.loads(out["sarif"].read_text())["runs"][0]["results"]
     assert sorted(r["ruleId"] for r in results) == kinds
     by_kind = {r["ruleId"]: r["level"] for r in results}
