@@ -171,7 +171,7 @@ def cmd_replay(args) -> int:
             from None
     policy = args.policy or trace.header.get("policy") or "kvm"
     if policy not in POLICIES:
-        where = f"--policy" if args.policy else f"{args.trace}: line 1 (header) policy"
+        where = "--policy" if args.policy else f"{args.trace}: line 1 (header) policy"
         raise UsageError(f"{where}: unknown policy {policy!r} (one of {', '.join(POLICIES)})")
     result = Replay(trace.header).run(trace)
     out = _reports(args, _console(), result, policy, trace.header)

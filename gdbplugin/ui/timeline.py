@@ -1,9 +1,10 @@
 """The SVG timeline of a run (matplotlib): one lane per vCPU with its SCTLR_EL1 MMU, D-cache
-and I-cache on/off over the trace and the function (else the PC) of each transition, the stage-2 fault rate
-below, and every hazard marked where it was raised, by kind (uncovered filled, covered
-hollow).  The x axis is the trace's event order (``seq``), the one clock every event has,
-linear over the first ``LINEAR`` events and logarithmic after: firmware and early boot, where
-the caches change state, take a few hundred events of a boot's hundreds of thousands."""
+and I-cache on/off over the trace and the function (else the PC) of each transition, the
+stage-2 fault rate below, and every hazard marked where it was raised, by kind (uncovered
+filled, covered hollow).  The x axis is the trace's event order (``seq``), the one clock
+every event has, linear over the first ``LINEAR`` events and logarithmic after: firmware and
+early boot, where the caches change state, take a few hundred events of a boot's hundreds of
+thousands."""
 from __future__ import annotations
 
 import numpy as np
