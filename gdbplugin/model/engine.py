@@ -539,10 +539,11 @@ class Replay:
         if access != "write":
             return
         vc = self.vcpus[v]
-        self.host_code.clear(["host"], pa, size)
+        page = self.ram.page_index(pa)
+        if page < 0 or size > PAGE - (pa & (PAGE - 1)) or self.host_code.bits["host"][page]:
+            self.host_code.clear(["host"], pa, size)
+        memattr = int(self.memattr[page]) if page >= 0 else 0xF
         for w in self.worlds.values():
-            page = self.ram.page_index(pa)
-            memattr = int(self.memattr[page]) if page >= 0 else 0xF
             state = "dirty" if w.cacheable(vc, memattr) else "stale"
             w.cache.set([state, "code"], pa, size)
 
