@@ -173,8 +173,9 @@ def cmd_replay(args) -> int:
     if policy not in POLICIES:
         where = "--policy" if args.policy else f"{args.trace}: line 1 (header) policy"
         raise UsageError(f"{where}: unknown policy {policy!r} (one of {', '.join(POLICIES)})")
+    images = _symbol_images(args.symbols or [], args.kernel, "--symbols")
     result = Replay(trace.header).run(trace)
-    out = _reports(args, _console(), result, policy, trace.header)
+    out = _reports(args, _console(), result, policy, trace.header, images=images)
     return out["verdict"]["exit"]
 
 
@@ -235,6 +236,7 @@ def cmd_attach(args) -> int:
         raise UsageError(f"unknown policy {args.policy!r} (one of {', '.join(POLICIES)})")
     if args.via == "file" and not args.ram_file:
         raise UsageError("--via file needs --ram-file")
+    images = _symbol_images(args.symbols or [], args.kernel, "--symbols")
     trace = args.trace or "s2cache-attach.jsonl"
     console = _console()
     err = Console(stderr=True, soft_wrap=True)
@@ -265,7 +267,7 @@ def cmd_attach(args) -> int:
               f"running under the shim?", file=sys.stderr)
         return EXIT_TARGET
     out = _reports(args, console, result, live.policy,
-                   live.recorder.header if live.recorder else {}, live=live)
+                   live.recorder.header if live.recorder else {}, live=live, images=images)
     halted = live.ring.header().halted if live.ring else None
     failed = [f"s2cache: the shim halted: {halted}"] if halted else []
     if why == "qemu-exited":
@@ -290,13 +292,14 @@ def _session_config(args):
         raise UsageError(str(exc)) from None
 
 
-def _symbol_images(cfg):
-    """The config's ``[guest] symbols``, read before anything starts (errors: exit 2)."""
+def _symbol_images(paths, kernel, where: str):
+    """Symbols files (ELF, System.map with its kernel Image), read before anything starts
+    (errors: exit 2, naming ``where`` they were given)."""
     from .target.symbols import SymbolError, load_images
     try:
-        return load_images(cfg.symbols, cfg.kernel)
+        return load_images([Path(p) for p in paths], None if kernel is None else Path(kernel))
     except SymbolError as exc:
-        raise UsageError(f"{cfg.path}: [guest] symbols: {exc}") from None
+        raise UsageError(f"{where}: {exc}") from None
 
 
 def _shim_image():
@@ -339,7 +342,7 @@ def cmd_run(args) -> int:
     from .ui.live import LivePanel, WarningPrinter, dropped_line
 
     cfg = _session_config(args)
-    images = _symbol_images(cfg)
+    images = _symbol_images(cfg.symbols, cfg.kernel, f"{cfg.path}: [guest] symbols")
     shim = _shim_image()
     config = cfg.qemu_config(shim, paused=True)
     trace = args.trace or "s2cache-run.jsonl"
@@ -436,6 +439,13 @@ def _report_args(parser) -> None:
                         "findings fail the run too (default: only the hypervisor's)")
 
 
+def _symbol_args(parser) -> None:
+    parser.add_argument("--symbols", nargs="+", metavar="FILE", help="ELF or System.map "
+                        "files naming the PCs (found where they ran from the run's own "
+                        "SCTLR_EL1 writes)")
+    parser.add_argument("--kernel", help="the Linux Image a System.map belongs to")
+
+
 def _session_args(parser) -> None:
     parser.add_argument("config", help="session TOML file (qemu-configs/)")
     parser.add_argument("--policy", help="the shim's policy (default: the config's)")
@@ -469,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     how.add_argument("--compare", action="store_true",
                      help="findings x policies matrix and the coverage-versus-cost table")
     _report_args(rep)
+    _symbol_args(rep)
     rep.set_defaults(func=cmd_replay)
 
     insp = sub.add_parser("inspect", help="attach to a QEMU gdbstub, decode every vCPU's "
@@ -493,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--trace", help="write the trace here (default s2cache-attach.jsonl)")
     att.add_argument("--compare", action="store_true", help="also the policy comparison")
     _report_args(att)
+    _symbol_args(att)
     att.set_defaults(func=cmd_attach)
 
     run = sub.add_parser("run", help="boot a configuration (qemu-configs/*.toml) under the "

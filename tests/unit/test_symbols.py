@@ -129,3 +129,30 @@ def test_an_elf_is_named_at_its_link_address_and_where_it_relocated(tmp_path):
     assert sym.locate(RELOCATED + sites[1])[0] == "dcache_disable+0x8"
     assert sym.locate(RELOCATED + 4)[0] == "_start+0x4"
     assert sym.locate(RELOCATED + 0x10000) is None            # past the program
+
+
+def test_replay_names_pcs_with_symbols(tmp_path, capsys):
+    """`s2cache replay --symbols System.map --kernel Image`: the trace's SCTLR_EL1 writes
+    place the kernel, and the transitions and findings at those PCs are named."""
+    import json
+
+    from gdbplugin.cli import main
+    kernel(tmp_path)
+    trace = tmp_path / "t.jsonl"
+    events = [{"seq": 1, "kind": "vcpu-on", "vcpu": 0},
+              {"seq": 2, "kind": "sysreg-write", "vcpu": 0, "reg": "SCTLR_EL1", "old": 0,
+               "new": 0x1005, "pc": PHYS + 0x1100, "el": 1},
+              {"seq": 3, "kind": "set-way", "vcpu": 0, "op": "cisw", "pc": PHYS + 0x1104,
+               "el": 1}]
+    trace.write_text(json.dumps({"schema": "s2cache.trace/1", "ram": [[PHYS, 1 << 24]],
+                                 "vcpus": 1}) + "\n" + "".join(json.dumps(e) + "\n"
+                                                              for e in events))
+    out = tmp_path / "r.json"
+    main(["replay", str(trace), "--policy", "none", "--json", str(out), "--symbols",
+          str(tmp_path / "System.map"), "--kernel", str(tmp_path / "Image")])
+    report = json.loads(out.read_text())
+    assert report["transitions"][0]["symbol"] == "__enable_mmu+0x10"
+    (sw,) = [f for f in report["findings"] if f["kind"] == "set-way-op"]
+    assert sw["symbol"] == "__enable_mmu+0x14" and sw["image"].endswith("System.map")
+    assert main(["replay", str(trace), "--symbols", str(tmp_path / "System.map")]) == 2
+    assert "--symbols: " in capsys.readouterr().err
