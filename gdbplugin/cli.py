@@ -332,7 +332,6 @@ def cmd_qemu_cmd(args) -> int:
 
 def cmd_run(args) -> int:
     import contextlib
-    import re
     import signal
     import time
     from .capture.live import LiveSession
@@ -348,7 +347,6 @@ def cmd_run(args) -> int:
     trace = args.trace or "s2cache-run.jsonl"
     console = _console()
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    marker = re.compile(cfg.until)
     panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
                        cfg.timeout) if console.is_terminal and args.json != "-" else None)
     view = panel or WarningPrinter(console)
@@ -365,26 +363,16 @@ def cmd_run(args) -> int:
             if panel:
                 panel.session = live
             q.monitor("cont")
-            deadline = time.monotonic() + cfg.timeout
             # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
             stop: list[int] = []
             previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
             try:
-                while not why:
-                    if stop:
-                        why = "interrupted"
-                    elif marker.search(s.console()):
-                        why = "marker"
-                    elif s.returncode is not None:
-                        why = "qemu-exited"
-                    elif live.ring is not None and live.ring.header().halted:
-                        why = "halted"
-                    elif time.monotonic() > deadline:
-                        why = "timeout"
-                    if not why and not live.pump():
-                        time.sleep(0.02)
+                ended_by = s.wait(cfg.until, cfg.timeout, interval=0.02, pump=live.pump,
+                                  stop=lambda: bool(stop))
             finally:
                 signal.signal(signal.SIGINT, previous)
+            why = {"match": "marker", "exit": "qemu-exited",
+                   "stopped": "interrupted"}.get(ended_by, ended_by)
             ended = time.monotonic() - started
             result = live.close()
             tail = s.console()[-4000:]

@@ -301,18 +301,25 @@ class ShimSession:
         return len(batch)
 
     def wait(self, pattern: str | None = None, timeout: float = 90.0,
-             interval: float = 0.01, stop_on_halt: bool = True, sink=None) -> str:
-        """'match', 'exit', 'halted' or 'timeout'.  ``stop_on_halt=False`` keeps waiting
-        after a fatal diagnostic (for QEMU to exit, with ``poweroff_on_fatal``).  ``sink``
-        gets each drained batch of ring events as it arrives."""
+             interval: float = 0.01, stop_on_halt: bool = True, sink=None, pump=None,
+             stop=None) -> str:
+        """'match', 'exit', 'halted', 'timeout', or 'stopped' when ``stop()`` became true.
+        ``stop_on_halt=False`` keeps waiting after a fatal diagnostic (for QEMU to exit, with
+        ``poweroff_on_fatal``).  The ring is drained meanwhile: into ``events``, handing each
+        batch to ``sink``; or by ``pump()`` (a LiveSession's), which returns the records it
+        read.  It sleeps ``interval`` only when nothing was drained."""
         import re
         import time
         regex = re.compile(pattern) if pattern else None
+        drain = pump if pump is not None else (lambda: self.drain(sink))
         deadline = time.monotonic() + timeout
         why = "timeout"
         while time.monotonic() < deadline:
+            if stop is not None and stop():
+                why = "stopped"
+                break
             exited = self.returncode is not None
-            self.drain(sink)
+            drained = drain()
             if regex and regex.search(self.console()):
                 why = "match"
                 break
@@ -323,8 +330,9 @@ class ShimSession:
             if exited:
                 why = "exit"
                 break
-            time.sleep(interval)
-        self.drain(sink)
+            if not drained:
+                time.sleep(interval)
+        drain()
         return why
 
     def header(self):
