@@ -16,10 +16,11 @@ import gdbplugin.model.engine  # noqa: F401  (scripts/mutate selects this file b
 from gdbplugin.model.engine import (Cost, Replay, _access, _known, _pc_el, _runs,
                                     _small_unique)
 from gdbplugin.model.trace import TraceWriter, read_trace
+from oracle import BASE, RAM, replay          # tests/unit/oracle.py
 
 POLICIES = ("none", "rfc2013", "kvm", "xen", "fwb")
-BASE, PAGE, BLOCK = 0x4000_0000, 4096, 2 << 20
-RAM = 16 << 20
+
+PAGE, BLOCK = 4096, 2 << 20
 CODE = BASE + 0x20_0000
 A, B, C = BASE + 0x40_0000, BASE + 0x80_0000, BASE + 0xC0_0000
 OFF, I_ON, M_ON, MC_ON = 0x0, 0x1000, 0x1, 0x1005     # SCTLR_EL1: I bit 12, C bit 2, M bit 0
@@ -29,36 +30,6 @@ WB, DEVICE, NC = 0xF, 0x0, 0x5                         # stage-2 MemAttr[3:0]
 LINE = 64
 
 
-def replay(tmp_path, events, vcpus=1, ram=None, **header):
-    head = {"ram": ram or [[BASE, RAM]], "vcpus": vcpus, "host_zero_ram": False, **header}
-    path = tmp_path / "t.jsonl"
-    with TraceWriter(path, head) as w:
-        for e in events:
-            w.write(dict(e))
-    trace = read_trace(path)
-    fast = Replay(trace.header).run(trace)
-    slow = Replay(trace.header, max_batch=1).run(trace)
-    # Fed in chunks of three events, holding at most four (Replay.feed: "chunked any way ...
-    # findings, costs and transitions after finish equal a whole-trace replay").
-    rp = Replay(trace.header, hold=4)
-    if "hyp_maintenance" not in head and any(e["kind"] == "hyp-maintenance" for e in events):
-        rp.observe()                # what run() does for a header that does not say
-    raised = []
-    for i in range(0, len(trace.events), 3):
-        extras = {k - i: x for k, x in trace.extras.items() if i <= k < i + 3}
-        raised += [f for fs in rp.feed(trace.events[i:i + 3], extras).values() for f in fs]
-    chunked = rp.finish()
-    assert all(any(f is g for w in chunked.worlds.values() for g in w.findings) for f in raised)
-    for other in (slow, chunked):
-        assert {n: [f.as_dict() for f in w.findings] for n, w in fast.worlds.items()} == \
-            {n: [f.as_dict() for f in w.findings] for n, w in other.worlds.items()}
-        assert fast.stats == other.stats
-        assert fast.transitions == other.transitions
-    for name, w in fast.worlds.items():
-        for state in ("dirty", "stale", "code"):
-            assert np.array_equal(w.cache.bits[state], slow.worlds[name].cache.bits[state])
-        assert np.array_equal(w.executable, slow.worlds[name].executable), name
-    return fast
 
 
 def found(result, policy, kind):

@@ -1,31 +1,21 @@
 """Small hand-written traces, one per rule of what a real boot shows, each replayed under
-every policy.  The docstrings argue each expectation from upstream KVM arm64 and Xen on Arm
-(the function that decides is named), never from this tool's output."""
+every policy (gdbplugin.model.engine, through the replay oracle of tests/unit/oracle.py).  The
+docstrings argue each expectation from upstream KVM arm64 and Xen on Arm (the function that
+decides is named), never from this tool's output."""
 from __future__ import annotations
 
 import pytest
 
-from gdbplugin.model.engine import Replay
-from gdbplugin.model.trace import TraceWriter, read_trace
+from oracle import BASE, replay               # tests/unit/oracle.py
 
 POLICIES = ("none", "rfc2013", "kvm", "xen", "fwb")
-BASE, PAGE, BLOCK = 0x4000_0000, 4096, 2 << 20
+PAGE, BLOCK = 4096, 2 << 20
 CODE = BASE + 0x20_0000                     # where the host loaded "the kernel"
 OFF, I_ON, M_ON, MC_ON = 0x0, 0x1000, 0x1, 0x1005   # SCTLR_EL1: I is bit 12, C 2, M 0
 
 
 def run(tmp_path, events, vcpus=1, **header):
-    head = {"ram": [[BASE, 16 << 20]], "vcpus": vcpus, "host_zero_ram": False, **header}
-    path = tmp_path / "t.jsonl"
-    with TraceWriter(path, head) as w:
-        for e in events:
-            w.write(dict(e))
-    trace = read_trace(path)
-    fast = Replay(trace.header).run(trace)
-    slow = Replay(trace.header, max_batch=1).run(trace)      # the event-by-event oracle
-    assert {n: [f.as_dict() for f in w.findings] for n, w in fast.worlds.items()} == \
-        {n: [f.as_dict() for f in w.findings] for n, w in slow.worlds.items()}
-    return fast
+    return replay(tmp_path, events, vcpus, **header)
 
 
 def uncovered(result, kind):
