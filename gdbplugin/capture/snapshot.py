@@ -60,6 +60,9 @@ def read_vcpus(gdb, registers) -> list[VcpuState]:
     return states
 
 
+STAGE2_REGS = ("VTCR_EL2", "VTTBR_EL2", "HCR_EL2")      # what a vCPU's stage 2 depends on
+
+
 def stage2_regime(state: VcpuState) -> Regime | None:
     """The stage 2 loaded on this vCPU, if HCR_EL2.VM is set and VTTBR_EL2 has a base."""
     vttbr = state.regs.get("VTTBR_EL2", 0)
@@ -129,7 +132,7 @@ def snapshot(states: list[VcpuState], mem: PhysMemory) -> list[TableWalk]:
         s2 = stage2_regime(state)
         s1_mem = mem
         if s2 is not None:
-            regs = {k: state.regs[k] for k in ("VTCR_EL2", "VTTBR_EL2", "HCR_EL2")}
+            regs = {k: state.regs[k] for k in STAGE2_REGS}
             add(state.vcpu, "stage 2 VTTBR_EL2", regs, s2, mem)
             if state.el < 2 and not HCR_EL2.get(state.hcr, "TGE"):
                 s1_mem = TranslatedMemory(Walker(s2, mem), mem)

@@ -26,7 +26,7 @@ from ..arch.walker import TranslatedMemory, Walker
 from ..target.registers import Registers
 from .live import LiveSession
 from .sites import Sites, aliases, find_sites
-from .snapshot import VcpuState, stage1_regimes, stage2_regime
+from .snapshot import STAGE2_REGS, VcpuState, stage1_regimes, stage2_regime
 
 M_C = SCTLR_EL1.fields["M"].mask | SCTLR_EL1.fields["C"].mask
 
@@ -75,16 +75,21 @@ class BreakpointWatch:
         turn its MMU on, whose tables are read as they will be used)."""
         out = dict(self.rt_of_pa)
         pas = list(self.rt_of_pa)
+        walked = set()                  # vCPUs in the same regimes (SMP Linux) walk them once
         for index, state in enumerate(states):
             if turning_on and index in turning_on:
                 state = replace(state, regs={**state.regs, "SCTLR_EL1": turning_on[index]})
             s2 = stage2_regime(state)
-            s2_runs = Walker(s2, self.mem).mappings() if s2 is not None and state.el < 2 \
-                else None
-            s1_mem = TranslatedMemory(Walker(s2, self.mem), self.mem) if s2_runs is not None \
-                else self.mem
-            runs = [m for _, _, regime in stage1_regimes(state)
-                    for m in Walker(regime, s1_mem).mappings()]
+            guest = s2 is not None and state.el < 2
+            s1 = stage1_regimes(state)
+            key = (guest and tuple(state.regs.get(r) for r in STAGE2_REGS),
+                   tuple(tuple(sorted(regs.items())) for _, regs, _ in s1))
+            if key in walked:
+                continue
+            walked.add(key)
+            s2_runs = Walker(s2, self.mem).mappings() if guest else None
+            s1_mem = TranslatedMemory(Walker(s2, self.mem), self.mem) if guest else self.mem
+            runs = [m for _, _, regime in s1 for m in Walker(regime, s1_mem).mappings()]
             for pa, vas in aliases(pas, runs, s2_runs).items():
                 for va in vas:
                     out[va] = self.rt_of_pa[pa]
