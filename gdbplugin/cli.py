@@ -209,13 +209,13 @@ def _reports(args, console, result, policy: str, header: dict, live=None, images
         print_cost(console, result)
     if args.json:
         _write_json(args.json, out)
-    if getattr(args, "md", None):
+    if args.md:
         from .ui.markdown import markdown
         _write_text(args.md, markdown(out))
-    if getattr(args, "sarif", None):
+    if args.sarif:
         from .ui.sarif import sarif
         _write_json(args.sarif, sarif(out))
-    if getattr(args, "svg", None):
+    if args.svg:
         from .ui.timeline import timeline_svg
         try:
             timeline_svg(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
@@ -413,7 +413,7 @@ def cmd_run(args) -> int:
 def _written(args) -> str:
     """Where the reports went, for the summary line."""
     outs = [f"{k} {getattr(args, k)}" for k in ("json", "md", "sarif", "svg")
-            if getattr(args, k, None) and getattr(args, k) != "-"]
+            if getattr(args, k) not in (None, "-")]
     return "; reports: " + ", ".join(outs) if outs else ""
 
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..arch.memtype import NORMAL_WB, effective
-from ..arch.sysregs import HCR_EL2, SCTLR_EL1
+from ..arch.sysregs import CTR_EL0, HCR_EL2, SCTLR_EL1
 from . import events as E
 from .cache import CLEARS, PAGE_SHIFT, STATES, RamMap, ShadowCache, line_masks
 from .hazards import BY_TRIGGER, DETECTORS, INFO_KINDS, Detector, Finding, SmpMmuOffWindow, \
@@ -41,7 +41,6 @@ ALL_RULES = ["-"] + sorted({r for p in POLICIES.values() for r in p.RULES})
 RULE_INDEX = {r: i for i, r in enumerate(ALL_RULES)}
 M_C = SCTLR_EL1.fields["M"].mask | SCTLR_EL1.fields["C"].mask
 M_C_I = M_C | SCTLR_EL1.fields["I"].mask
-CTR_DIC = 1 << 29                  # CTR_EL0.DIC: no I-cache invalidation needed for coherence
 KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 # Kinds replayed vectorized: stage-2 faults and maps; the line clears (guest DC by VA, IC IVAU
 # of a known PA, traced hypervisor maintenance of the D-side) and leaf attribute changes, which
@@ -188,7 +187,8 @@ class Replay:
         self.accesses_tracked = header.get("accesses") == "tracked"
         self.traps_set_way = bool(header.get("traps_set_way", False))
         cpu = header.get("cpu") or {}
-        self.dic = bool(int(cpu.get("ctr_el0", 0)) & CTR_DIC)
+        # CTR_EL0.DIC: no I-cache invalidation is needed for instruction coherence
+        self.dic = bool(CTR_EL0.get(int(cpu.get("ctr_el0", 0)), "DIC"))
         self.mapped = np.zeros(self.ram.pages, dtype=bool)
         self.ever_mapped = np.zeros(self.ram.pages, dtype=bool)
         self.memattr = np.zeros(self.ram.pages, dtype=np.uint8)
