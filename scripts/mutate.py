@@ -1,6 +1,6 @@
 """mutate: mutation testing of the core modules against the unit tests, with mutmut 3.
 
-usage: scripts/mutate [MODULE ...] [--minutes N]
+usage: scripts/mutate [MODULE ...] [--minutes N] [--workers N]
 
 MODULE is a .py file or a directory under gdbplugin/, as a path or a dotted name. The default
 is every module of gdbplugin/model/, gdbplugin/arch/memtype.py, gdbplugin/arch/walker.py and
@@ -9,7 +9,8 @@ gdbplugin/capture/shim_trace.py (and gdbplugin/capture/record.py when it exists)
 Each module is measured on its own, in a fresh work tree build/mutate/work/<module>/: a copy
 of gdbplugin/ and tests/ and a setup.cfg telling mutmut to mutate only that module and to run
 only the unit tests relevant to it (never tests/integration). mutmut makes its mutants/ copy
-there and runs one worker. A module gets N minutes of wall time (default 3), mutant
+there and runs one worker (``--workers``: more, for a machine that has nothing else to do:
+timing-sensitive tests are not among the unit tests). A module gets N minutes of wall time (default 3), mutant
 generation and the clean test run included; when they run out mutmut is stopped and what it
 finished is reported as partial. Hypothesis runs derandomized (a profile in the work tree's
 conftest.py) so that verdicts repeat, tests run cheapest first so that a kill comes early, and
@@ -108,6 +109,12 @@ def positive_minutes(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a number > 0, not {text!r}")
     return value
+
+
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text!r}")
+    return int(text)
 
 
 def default_modules() -> list[str]:
@@ -213,6 +220,7 @@ class Result:
     module: str
     tests: list[str]
     minutes: float
+    workers: int = 1
     seconds: float = 0.0
     codes: dict = field(default_factory=dict)
     status: str = "complete"
@@ -232,7 +240,7 @@ def run_mutmut(res: Result, env: dict) -> None:
     meta = work / "mutants" / (res.module + ".meta")
     cmd = [sys.executable, "-c",
            "import sys; from mutmut.__main__ import cli; sys.argv[0] = 'mutmut'; cli()",
-           "run", "--max-children", "1"]
+           "run", "--max-children", str(res.workers)]
     start = time.monotonic()
     deadline = start + res.minutes * 60
     last_good, stopped = None, False
@@ -401,7 +409,8 @@ def write_report(res: Result, version: str, fuzz: str) -> Path:
         f"mutmut {version} on {res.module} ({git_state(res.module)})",
         f"tests: {' '.join(res.tests)}",
         f"       (S2CACHE_FUZZ_IMAGES={fuzz}, Hypothesis derandomized, cheapest tests first)",
-        f"bound: {res.minutes:g} min; ran {hms(res.seconds)}; {res.status}"
+        f"bound: {res.minutes:g} min, {res.workers} worker(s); ran {hms(res.seconds)}; "
+        f"{res.status}"
         + (f": {res.note}" if res.note else ""),
         f"mutants {c.get('mutants', 0)}  tested {c.get('tested', 0)}  killed {c.get('killed', 0)}"
         f"  survived {c.get('survived', 0)}  no tests {c.get('no tests', 0)}"
@@ -440,13 +449,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("modules", nargs="*", metavar="MODULE")
     ap.add_argument("--minutes", type=positive_minutes, default=DEFAULT_MINUTES,
                     help=f"wall-time bound per module (default {DEFAULT_MINUTES:g})")
+    ap.add_argument("--workers", type=positive_int, default=1,
+                    help="mutants tested at once (default 1)")
     try:
         args = ap.parse_args(argv)
         modules = []
         for arg in args.modules or default_modules():
             modules += [m for m in resolve(arg) if m not in modules]
     except Usage as e:
-        print(f"mutate: {e} (usage: scripts/mutate [MODULE ...] [--minutes N])", file=sys.stderr)
+        print(f"mutate: {e} (usage: scripts/mutate [MODULE ...] [--minutes N] [--workers N])",
+              file=sys.stderr)
         return 2
 
     try:
@@ -464,7 +476,7 @@ def main(argv: list[str]) -> int:
 
     results = []
     for module in modules:
-        res = Result(module, select_tests(module), args.minutes)
+        res = Result(module, select_tests(module), args.minutes, args.workers)
         results.append(res)
         if not functions((ROOT / module).read_text()):
             res.note = "no functions or methods: nothing for mutmut to mutate"
