@@ -374,6 +374,8 @@ def cmd_run(args) -> int:
             why = {"match": "marker", "exit": "qemu-exited",
                    "stopped": "interrupted"}.get(ended_by, ended_by)
             ended = time.monotonic() - started
+            if why == "marker":
+                s.pause()      # the run is over: the backlog gets the CPUs, not the guest
             result = live.close()
             tail = s.console()[-4000:]
             halted = live.ring.header().halted if live.ring is not None else None

@@ -572,8 +572,8 @@ def _read(f) -> Trace:
 # ---------------------------------------------------------------------------------------------
 # Writing.
 
-def _dump(obj) -> str:
-    return json.dumps(obj, separators=(",", ":"), allow_nan=False)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+_dump = _ENCODER.encode       # json.dumps would build an encoder per line
 
 
 class TraceWriter:

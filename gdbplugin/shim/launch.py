@@ -335,6 +335,19 @@ class ShimSession:
         drain()
         return why
 
+    def pause(self) -> bool:
+        """Stop the guest's vCPUs (HMP ``stop``) so that what comes after, draining the ring
+        and judging it, does not share the host's CPUs with a guest nobody watches any more;
+        False when QEMU has already exited (nothing to stop)."""
+        from ..target.errors import TargetError
+        if self.returncode is not None:
+            return False
+        try:
+            self.qemu.monitor("stop")
+        except TargetError:
+            return False               # it exited meanwhile: also stopped
+        return True
+
     def header(self):
         ring = self.ring()
         if ring is None:
