@@ -185,8 +185,12 @@ class ShimTrace:
                               "pa": e.pa, "size": e.size, "va": e.va, "pc": e.pc, "el": e.el})
 
     def _in_ram(self, pa, size) -> bool:
-        return pa is not None and bool(size) and any(
-            b <= pa and pa + size <= b + s for b, s in self.ram)
+        if pa is None or not size:
+            return False
+        for b, s in self.ram:
+            if b <= pa and pa + size <= b + s:
+                return True
+        return False
 
 
 def _drop_none(d: dict) -> dict:

@@ -69,13 +69,17 @@ class Event:
 
 
 def decode_record(index: int, raw: bytes) -> Event:
-    (seq, kind_id, vcpu, el, access, op, flags, pc, esr, ipa, pa, size, va) = RECORD_FORMAT.unpack(raw)
+    return decode_fields(index, RECORD_FORMAT.unpack(raw))
+
+
+def decode_fields(index: int, fields: tuple) -> Event:
+    """A record's unpacked fields (``RECORD_FORMAT``) as an Event."""
+    (_, kind_id, vcpu, el, access, op, flags, pc, esr, ipa, pa, size, va) = fields
     kind = KINDS.get(kind_id, f"unknown-{kind_id}")
-    vcpu_ = None if vcpu == 0xFF else vcpu
-    base = dict(seq=index, kind=kind, vcpu=vcpu_, el=el)
+    at = (index, kind, None if vcpu == 0xFF else vcpu, el)     # Event's first four fields
     if kind == "s2-fault":
         f = {name for bit, name in FAULT_FLAGS.items() if flags & bit}
-        return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
+        return Event(*at, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      va=None if "fnv" in f else va, op="fault",
                      extra={"fsc": op, "s1ptw": "s1ptw" in f, "far_valid": "fnv" not in f,
                             "deferred": "deferred" in f, "fetch": "fetch" in f,
@@ -84,73 +88,73 @@ def decode_record(index: int, raw: bytes) -> Event:
                                if "fetch" in f and size else {})})
     if kind in ("s2-map", "s2-perm"):
         perms = "".join(c for b, c in PERMS.items() if flags & b and c in "rwx")
-        return Event(**base, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
+        return Event(*at, pc=pc, esr=esr or None, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      size=size, op="map" if kind == "s2-map" else "relax",
                      extra={"memtype": MEMTYPES.get(op, str(op)), "perms": perms,
                             "observer": bool(flags & PERMS.ids["observer"])})
     if kind == "dc":
-        return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size, op="civac",
+        return Event(*at, pc=pc, ipa=ipa, pa=pa, size=size, op="civac",
                      rule=RULES.get(flags, str(flags)))
     if kind == "ic":
-        return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size,
+        return Event(*at, pc=pc, ipa=ipa, pa=pa, size=size,
                      op=IC_OPS.get(op, str(op)),
                      rule=RULES.get(flags, str(flags)))
     if kind == "flush-vm":
-        return Event(**base, pc=pc, ipa=ipa if va else None, size=size, op="civac",
+        return Event(*at, pc=pc, ipa=ipa if va else None, size=size, op="civac",
                      rule=RULES.get(flags, str(flags)), extra={"end": pa, "leaves": va})
     if kind == "tlbi":
-        return Event(**base, pc=pc, ipa=ipa, size=size, op="ipas2e1+vmalle1")
+        return Event(*at, pc=pc, ipa=ipa, size=size, op="ipas2e1+vmalle1")
     if kind == "sysreg-write":
-        return Event(**base, pc=pc, esr=esr, access="write", reg=SYSREGS.get(op, str(op)),
+        return Event(*at, pc=pc, esr=esr, access="write", reg=SYSREGS.get(op, str(op)),
                      old=ipa, new=pa, op="msr", extra={"encoding": va})
     if kind == "set-way":
-        return Event(**base, pc=pc, esr=esr, op=SET_WAY_OPS.get(op, str(op)), size=None,
+        return Event(*at, pc=pc, esr=esr, op=SET_WAY_OPS.get(op, str(op)), size=None,
                      extra={"count": size, "first": ipa, "last": pa})
     if kind in ("smc", "hvc"):
-        return Event(**base, pc=pc, esr=esr, op="psci" if flags != 2 else "unknown",
+        return Event(*at, pc=pc, esr=esr, op="psci" if flags != 2 else "unknown",
                      extra={"function": ipa, "result": pa if flags else None, "x1": va,
                             "x2": size})
     if kind == "tvm":
-        return Event(**base, pc=pc, op="arm" if op else "disarm",
+        return Event(*at, pc=pc, op="arm" if op else "disarm",
                      extra={"policy": bool(flags & 1), "observe": bool(flags & 2), "hcr": va})
     if kind == "diag":
-        return Event(**base, pc=pc, esr=esr, ipa=ipa, va=va, op=DIAGS.get(op, str(op)),
+        return Event(*at, pc=pc, esr=esr, ipa=ipa, va=va, op=DIAGS.get(op, str(op)),
                      extra={"fatal": bool(flags & 1), "info": pa})
     if kind == "guest-cmo":
         whole = GUEST_CMO_OPS.get(op) in ("ic-iallu", "ic-ialluis")
         untranslated = bool(flags & CMO_FLAGS.ids["no-ipa"])
-        return Event(**base, pc=pc, esr=esr, op=GUEST_CMO_OPS.get(op, str(op)),
+        return Event(*at, pc=pc, esr=esr, op=GUEST_CMO_OPS.get(op, str(op)),
                      va=None if whole else va,
                      ipa=None if whole or untranslated else ipa,
                      pa=None if whole or untranslated else pa, size=None if whole else size,
                      extra={"translated": not untranslated} if not whole else {})
     if kind == "host-dma":
-        return Event(**base, pc=pc, esr=esr, access="write", ipa=ipa, pa=pa, size=size,
+        return Event(*at, pc=pc, esr=esr, access="write", ipa=ipa, pa=pa, size=size,
                      op="fw-cfg-dma",
                      extra={"selector": flags, "descriptor": va,
                             "control": [n for b, n in FW_CFG_CONTROL.items() if op & b]})
     if kind == "s2-written":
-        return Event(**base, pc=pc, access="write", ipa=ipa, pa=pa, size=size, op="lines",
+        return Event(*at, pc=pc, access="write", ipa=ipa, pa=pa, size=size, op="lines",
                      extra={"lines": va})
     if kind == "s2-access":
-        return Event(**base, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
+        return Event(*at, pc=pc, esr=esr, access=ACCESS.get(access), ipa=ipa, pa=pa,
                      size=size, va=va or None, op="access")
     if kind == "s2-hide":
-        return Event(**base, pc=pc, ipa=ipa, size=size, op="hide" if op else "restore",
+        return Event(*at, pc=pc, ipa=ipa, size=size, op="hide" if op else "restore",
                      extra={"end": pa})
     if kind == "s2-wrprotect":
-        return Event(**base, pc=pc, ipa=ipa if va else None, size=size, op="wrprotect",
+        return Event(*at, pc=pc, ipa=ipa if va else None, size=size, op="wrprotect",
                      extra={"end": pa, "leaves": va})
     if kind == "psci-cpu-on":
-        return Event(**base, pc=pc, extra={"target": op, "entry": ipa, "shim_entry": pa,
+        return Event(*at, pc=pc, extra={"target": op, "entry": ipa, "shim_entry": pa,
                                            "mpidr": va})
     if kind == "shim-start":
-        return Event(**base, pc=pc, ipa=ipa, pa=pa, size=size,
+        return Event(*at, pc=pc, ipa=ipa, pa=pa, size=size,
                      extra={"policy": POLICIES.get(op), "requested": POLICIES.get(flags),
                             "ram_base": ipa, "carve_base": pa, "carve_size": size, "dtb": va})
     if kind == "vcpu-start":
-        return Event(**base, pc=pc, extra={"slot": op, "x0": va})
-    return Event(**base, pc=pc, esr=esr, ipa=ipa, pa=pa, size=size, va=va,
+        return Event(*at, pc=pc, extra={"slot": op, "x0": va})
+    return Event(*at, pc=pc, esr=esr, ipa=ipa, pa=pa, size=size, va=va,
                  extra={"op": op, "flags": flags})
 
 
@@ -315,12 +319,11 @@ class RingReader:
             slot = self.next % capacity
             count = min(want, capacity - slot)
             raw = self._read(records + slot * RECORD_SIZE, count * RECORD_SIZE)
-            for k in range(count):
-                rec = raw[k * RECORD_SIZE:(k + 1) * RECORD_SIZE]
-                if int.from_bytes(rec[:8], "little") != self.next + 1:
+            for fields in RECORD_FORMAT.iter_unpack(raw):
+                if fields[0] != self.next + 1:
                     want = 0                       # being written: next poll
                     break
-                events.append(decode_record(self.next, rec))
+                events.append(decode_fields(self.next, fields))
                 self.next += 1
             else:
                 want -= count
