@@ -180,11 +180,12 @@ def cmd_replay(args) -> int:
 
 
 def _reports(args, console, result, policy: str, header: dict, live=None, images=(),
-             **sections) -> dict:
+             drawer=None, **sections) -> dict:
     """Every view of one result: the findings (or with --compare the policy matrix and the
     cost table) on the console unless the JSON goes to stdout, then the JSON, Markdown,
     SARIF and SVG reports asked for; PCs named from ``images`` (gdbplugin/target/symbols.py).
-    Returns the JSON report."""
+    ``drawer``: a timeline Drawer started earlier (gdbplugin/ui/timeline.py).  Returns the
+    JSON report."""
     from .ui.report import cost_rows, matrix, print_compare, print_findings, report
     files, placed = {}, None
     if images:
@@ -217,8 +218,9 @@ def _reports(args, console, result, policy: str, header: dict, live=None, images
         _write_json(args.sarif, sarif(out))
     if args.svg:
         from .ui.timeline import timeline_svg
+        draw = drawer.draw if drawer is not None else timeline_svg
         try:
-            timeline_svg(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
+            draw(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
         except OSError as exc:
             raise UsageError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
     return out
@@ -350,7 +352,7 @@ def cmd_run(args) -> int:
     panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
                        cfg.timeout) if console.is_terminal and args.json != "-" else None)
     view = panel or WarningPrinter(console)
-    why, tail, result, live, halted = "", "", None, None, None
+    why, tail, result, live, halted, drawer = "", "", None, None, None, None
     started, ended = time.monotonic(), 0.0
     try:
         with ShimSession(config, shim) as s, (panel or contextlib.nullcontext()):
@@ -376,12 +378,18 @@ def cmd_run(args) -> int:
             ended = time.monotonic() - started
             if why == "marker":
                 s.pause()      # the run is over: the backlog gets the CPUs, not the guest
+            if args.svg:
+                from .ui.timeline import Drawer
+                drawer = Drawer()     # imports matplotlib on the other CPU meanwhile
             result = live.close()
             tail = s.console()[-4000:]
             halted = live.ring.header().halted if live.ring is not None else None
     except TargetError as exc:
         err.print(f"s2cache: the target failed: {exc}")
         return EXIT_TARGET
+    finally:
+        if drawer is not None and result is None:
+            drawer.close()                  # nothing to draw
     failed = {"qemu-exited": f"QEMU exited before the marker {cfg.until!r}",
               "halted": f"the shim halted: {halted}",
               "timeout": f"no {cfg.until!r} on the console within {cfg.timeout:g} s",
@@ -391,10 +399,16 @@ def cmd_run(args) -> int:
         err.print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}")
         return 130 if why == "interrupted" else EXIT_TARGET
     header = live.recorder.header if live.recorder else {}
-    out = _reports(args, console, result, live.policy, header, live=live, images=images, run={
-        "config": str(cfg.path), "ended": why, "trace": str(trace),
-        "seconds_to_end": round(ended, 3), "seconds_closed": round(time.monotonic() - started, 3),
-        "console_tail": tail if failed else None})
+    try:
+        out = _reports(args, console, result, live.policy, header, live=live, images=images,
+                       drawer=drawer, run={
+                           "config": str(cfg.path), "ended": why, "trace": str(trace),
+                           "seconds_to_end": round(ended, 3),
+                           "seconds_closed": round(time.monotonic() - started, 3),
+                           "console_tail": tail if failed else None})
+    finally:
+        if drawer is not None:
+            drawer.close()
     if live.dropped:
         err.print(dropped_line(live.dropped))
     if failed:

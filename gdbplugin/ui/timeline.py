@@ -20,13 +20,7 @@ LINEAR = 100
 
 def timeline_svg(report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
                  title: str = "s2cache timeline") -> None:
-    # The Figure API, not pyplot: pyplot's import (its GUI backend machinery) cost more than
-    # drawing the figure, and a headless run needs no figure manager.
-    import matplotlib
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import FuncFormatter
-    matplotlib.rcParams["svg.fonttype"] = "none"      # text stays text: searchable, small
+    matplotlib, Figure, Line2D, FuncFormatter = _matplotlib()
 
     hazards = [f for f in report["findings"] if f["kind"] not in INFO_KINDS]
     end = max([int(fault_seqs.max()) if fault_seqs.size else 0]
@@ -87,6 +81,77 @@ def timeline_svg(report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
                  fontsize=10)
     fig.tight_layout()
     fig.savefig(path, format="svg")
+
+
+def _matplotlib():
+    """matplotlib, imported when a picture is drawn (0.5-0.7 s of a run's end otherwise).  The
+    Figure API, not pyplot: pyplot's import (its GUI backend machinery) cost more than drawing
+    the figure, and a headless run needs no figure manager."""
+    import matplotlib
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter
+    matplotlib.rcParams["svg.fonttype"] = "none"      # text stays text: searchable, small
+    return matplotlib, Figure, Line2D, FuncFormatter
+
+
+class Drawer:
+    """``timeline_svg`` in a helper process started ahead of time: it imports matplotlib on
+    another CPU while the session finishes its backlog (the guest is paused by then, so the
+    CPU is free), and draws when ``draw`` hands it the report.  Should the helper die or fail
+    to start, ``draw`` draws here instead: a picture is never lost to the optimisation."""
+
+    def __init__(self):
+        import multiprocessing
+        ctx = multiprocessing.get_context("spawn")    # no fork of a process with threads
+        self._conn, child = ctx.Pipe()
+        try:
+            self._proc = ctx.Process(target=_draw_worker, args=(child,), daemon=True,
+                                     name="s2cache-timeline")
+            self._proc.start()
+        except OSError:
+            self._proc = None
+        child.close()
+
+    def draw(self, report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
+             title: str = "s2cache timeline") -> None:
+        """Draw (raising OSError when ``path`` cannot be written, as ``timeline_svg``)."""
+        args = (report, fault_seqs, vcpus, path, title)
+        try:
+            if self._proc is None:
+                raise EOFError
+            self._conn.send(args)
+            error = self._conn.recv()
+        except (EOFError, OSError):              # no helper: draw here
+            self.close()
+            timeline_svg(*args)
+            return
+        self.close()
+        if error is not None:
+            raise OSError(error)
+
+    def close(self) -> None:
+        self._conn.close()
+        if self._proc is not None:
+            self._proc.join(timeout=5)
+            if self._proc.is_alive():
+                self._proc.kill()
+            self._proc = None
+
+
+def _draw_worker(conn) -> None:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)     # a terminal's Ctrl-C is the session's
+    _matplotlib()
+    try:
+        args = conn.recv()
+    except EOFError:
+        return                                # the session ended without a picture
+    try:
+        timeline_svg(*args)
+        conn.send(None)
+    except OSError as exc:
+        conn.send(exc.strerror or str(exc))
 
 
 def _events_label(x: float, _pos=None) -> str:

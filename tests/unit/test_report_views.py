@@ -138,3 +138,40 @@ def _column(table: str, name: str) -> str:
                 body.append(line[a + 1:b].strip())
             return "".join(body)
     raise AssertionError(f"no column {name!r}")
+
+
+def _svg_text(path) -> list[str]:
+    root = ET.parse(path).getroot()
+    return [t.strip() for t in root.itertext()                 # the date it was drawn: not
+            if t.strip() and not re.fullmatch(r"\d{4}-\d\d-\d\dT[\d:.]+", t.strip())]
+
+
+def test_the_timeline_helper_process_draws_what_drawing_here_draws(tmp_path):
+    """``s2cache run`` starts the timeline's helper process at the marker (matplotlib is
+    imported on the other CPU while the backlog drains): its picture has the same text as one
+    drawn in this process, axis labels in plain event counts; a path it cannot write is an
+    OSError naming why; a helper that died is replaced by drawing here."""
+    from gdbplugin.model.trace import read_trace
+    from gdbplugin.model.engine import Replay
+    from gdbplugin.ui.timeline import Drawer, timeline_svg
+    _, report, _ = views(tmp_path, SET_WAY, "--policy", "none")
+    result = Replay(read_trace(SET_WAY).header).run(read_trace(SET_WAY))
+    here, there = tmp_path / "here.svg", tmp_path / "there.svg"
+    timeline_svg(report, result.fault_seqs, 1, str(here))
+    Drawer().draw(report, result.fault_seqs, 1, str(there))
+    assert _svg_text(there) == _svg_text(here)
+    assert "set-way-op" in _svg_text(there) and "0" in _svg_text(there)
+    with pytest.raises(OSError, match="[Nn]o such file"):
+        Drawer().draw(report, result.fault_seqs, 1, str(tmp_path / "missing" / "t.svg"))
+    dead = Drawer()
+    dead._proc.kill()
+    dead._proc.join()
+    revived = tmp_path / "revived.svg"
+    dead.draw(report, result.fault_seqs, 1, str(revived))
+    assert _svg_text(revived) == _svg_text(here)
+
+
+def test_event_counts_label_the_timeline_axis():
+    from gdbplugin.ui.timeline import _events_label
+    assert [_events_label(x) for x in (0, 50, 100, 1000, 20000, 300000, 4_000_000)] == \
+        ["0", "50", "100", "1k", "20k", "300k", "4M"]
