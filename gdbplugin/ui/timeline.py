@@ -7,6 +7,8 @@ early boot, where the caches change state, take a few hundred events of a boot's
 thousands."""
 from __future__ import annotations
 
+import subprocess
+
 import numpy as np
 
 from ..arch.sysregs import SCTLR_EL1
@@ -98,32 +100,39 @@ def _matplotlib():
 class Drawer:
     """``timeline_svg`` in a helper process started ahead of time: it imports matplotlib on
     another CPU while the session finishes its backlog (the guest is paused by then, so the
-    CPU is free), and draws when ``draw`` hands it the report.  Should the helper die or fail
-    to start, ``draw`` draws here instead: a picture is never lost to the optimisation."""
+    CPU is free), and draws when ``draw`` hands it the report.  A plain ``python -c`` child
+    with a pickle over its stdin and stdout, not multiprocessing: a spawned multiprocessing
+    child re-imports the caller's main script, which for a script using s2cache as a library
+    would start its session again.  Should the helper die or fail to start, ``draw`` draws
+    here instead: a picture is never lost to the optimisation."""
 
     def __init__(self):
-        import multiprocessing
-        ctx = multiprocessing.get_context("spawn")    # no fork of a process with threads
-        self._conn, child = ctx.Pipe()
+        import os
+        import sys
+        from pathlib import Path
+        here = str(Path(__file__).resolve().parents[2])       # the folder holding gdbplugin/
+        path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
         try:
-            self._proc = ctx.Process(target=_draw_worker, args=(child,), daemon=True,
-                                     name="s2cache-timeline")
-            self._proc.start()
+            self._proc = subprocess.Popen(
+                [sys.executable, "-c", "from gdbplugin.ui.timeline import _serve; _serve()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                env=dict(os.environ, PYTHONPATH=path), start_new_session=True)
         except OSError:
             self._proc = None
-        child.close()
 
     def draw(self, report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
              title: str = "s2cache timeline") -> None:
         """Draw (raising OSError when ``path`` cannot be written, as ``timeline_svg``)."""
+        import pickle
         args = (report, fault_seqs, vcpus, path, title)
         try:
             if self._proc is None:
                 raise EOFError
-            self._conn.send(args)
-            error = self._conn.recv()
-        except (EOFError, OSError):              # no helper: draw here
-            self.close()
+            answer, _ = self._proc.communicate(pickle.dumps(args), timeout=120)
+            error = pickle.loads(answer)
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError,
+                subprocess.TimeoutExpired):
+            self.close()                         # no helper, or it died: draw here
             timeline_svg(*args)
             return
         self.close()
@@ -131,27 +140,34 @@ class Drawer:
             raise OSError(error)
 
     def close(self) -> None:
-        self._conn.close()
         if self._proc is not None:
-            self._proc.join(timeout=5)
-            if self._proc.is_alive():
+            if self._proc.poll() is None:
                 self._proc.kill()
+            self._proc.wait()
+            for f in (self._proc.stdin, self._proc.stdout):
+                if f is not None and not f.closed:
+                    f.close()
             self._proc = None
 
 
-def _draw_worker(conn) -> None:
+def _serve() -> None:
+    """The helper's side of ``Drawer``: import matplotlib, then draw what stdin holds (a
+    pickled argument tuple; nothing: the session ended without a picture) and answer on
+    stdout (None, or why the file could not be written)."""
+    import pickle
     import signal
+    import sys
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a terminal's Ctrl-C is the session's
     _matplotlib()
+    data = sys.stdin.buffer.read()
+    if not data:
+        return
     try:
-        args = conn.recv()
-    except EOFError:
-        return                                # the session ended without a picture
-    try:
-        timeline_svg(*args)
-        conn.send(None)
+        timeline_svg(*pickle.loads(data))
+        error = None
     except OSError as exc:
-        conn.send(exc.strerror or str(exc))
+        error = exc.strerror or str(exc)
+    sys.stdout.buffer.write(pickle.dumps(error))
 
 
 def _events_label(x: float, _pos=None) -> str:

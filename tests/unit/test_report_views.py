@@ -165,7 +165,7 @@ def test_the_timeline_helper_process_draws_what_drawing_here_draws(tmp_path):
         Drawer().draw(report, result.fault_seqs, 1, str(tmp_path / "missing" / "t.svg"))
     dead = Drawer()
     dead._proc.kill()
-    dead._proc.join()
+    dead._proc.wait()
     revived = tmp_path / "revived.svg"
     dead.draw(report, result.fault_seqs, 1, str(revived))
     assert _svg_text(revived) == _svg_text(here)
