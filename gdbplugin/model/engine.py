@@ -642,8 +642,7 @@ class Replay:
             return
         ctx = dict(seq=seq, vcpu=v, pc=pc, el=el, sctlr=new)
         if (old ^ vc.sctlr) & M_C_I:
-            self.unobserved_transition(ctx, vc.sctlr, old)
-            vc.sctlr = old
+            self.unobserved_transition(ctx, vc.sctlr, old)    # ``old`` is what it was
             vc.caches_ever_on |= old & M_C == M_C
         was_on = old & M_C == M_C
         now_on = new & M_C == M_C

@@ -366,6 +366,27 @@ def test_a_fetch_of_a_line_the_host_wrote_is_the_hypervisors(tmp_path):
     assert f.responsibility == "hypervisor" and r.failing("kvm") == [f]
 
 
+def test_a_guest_write_across_a_page_boundary_makes_the_next_pages_host_code_its_own(tmp_path):
+    """The host loaded code into the second of two pages only; the guest then rewrites 128
+    bytes straddling the boundary (the first page's last line and the second's first) and
+    fetches the second page's rewritten line without invalidating the I-cache.  That line is
+    no longer what the host wrote: the stale instruction is the guest's to invalidate (seed
+    point 5), though the first page never held host code."""
+    second = CODE + PAGE
+    fetch = {"kind": "fetch", "vcpu": 0, "ipa": second + 0x8, "pc": second + 0x8, "el": 1,
+             "old": 0xD503201F, "new": 0xAA1E03E9}
+    r = run(tmp_path, [load(second, PAGE), on(), *fault_map(second, "exec"), iallu(),
+                       sctlr(OFF, MC_ON, pc=second), iallu(),
+                       {"kind": "s2-fault", "vcpu": 0, "ipa": second - 8, "access": "write",
+                        "deferred": 1},
+                       {"kind": "guest-access", "vcpu": 0, "pa": second - 64, "size": 128,
+                        "access": "write", "pc": CODE + 0x800},
+                       fetch])
+    (f,) = found(r, "kvm", "icache-not-invalidated")
+    assert (f.pc, f.pa) == (second + 0x8, second)
+    assert f.responsibility == "guest" and r.failing("kvm") == []
+
+
 def test_icache_maintenance_of_the_rewritten_line_covers_the_fetch(tmp_path):
     """DC CVAU + IC IVAU of the line (Linux's caches_clean_inval_pou after
     aarch64_insn_patch_text_nosync), or IC IALLU, between the write and the fetch: clean."""
