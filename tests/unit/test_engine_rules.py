@@ -459,6 +459,22 @@ def test_an_unmap_follows_the_ipa_to_its_pa(tmp_path):
     assert cost(r, "kvm")["operations"] == 2 and cost(r, "kvm")["bytes_cleaned"] == 2 * PAGE
 
 
+def test_a_pa_is_named_by_the_ipa_whose_leaf_maps_it_now(tmp_path):
+    """Findings give a page's IPA from the leaves that map it.  IPA X maps PA A and is
+    unmapped; A mapped again at its own address is named A, not X.  And when X and Y both
+    map A and X is then moved to PA B, A is still Y's: the latest leaf onto A decides."""
+    x, y = BASE + 0x1000_0000, BASE + 0x1100_0000
+    b = A + 0x10 * PAGE
+    r = replay(tmp_path, [on(), *fault_map(x, "read", pa=A), unmap(x),
+                          *fault_map(A, "read"), host(A)])
+    (f,) = found(r, "none", "mismatched-alias")
+    assert (f.ipa, f.pa) == (A, A)
+    r = replay(tmp_path, [on(), *fault_map(x, "read", pa=A), *fault_map(y, "read", pa=A),
+                          *fault_map(x, "read", pa=b), host(A)])
+    (f,) = found(r, "none", "mismatched-alias")
+    assert (f.ipa, f.pa) == (y, A)
+
+
 def test_an_attribute_change_changes_the_guests_memory_type(tmp_path):
     """The guest runs with M and C on; its page is Normal WB at stage 2, so a host write is
     no mismatched alias.  The hypervisor changes the leaf to Device-nGnRnE (s2-attr on the
