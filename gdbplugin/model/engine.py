@@ -43,9 +43,9 @@ M_C = SCTLR_EL1.fields["M"].mask | SCTLR_EL1.fields["C"].mask
 M_C_I = M_C | SCTLR_EL1.fields["I"].mask
 KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 # Kinds replayed vectorized: stage-2 faults and maps; the line clears (guest DC by VA, IC IVAU
-# of a known PA, traced hypervisor maintenance of the D-side) and leaf attribute changes, which
-# commute with everything in a run except a change of the same page; TLBIs, which change
-# nothing here.  A Linux boot issues DC CVAU + IC IVAU per line of new code and relaxes a
+# of a known PA, the traced hypervisor's cleans and I-cache invalidations) and leaf attribute
+# changes, which commute with everything in a run except a change of the same page; TLBIs,
+# which change nothing here.  A Linux boot issues DC CVAU + IC IVAU per line of new code and relaxes a
 # leaf's permissions after each permission fault: one by one they cut it into ~3-event runs.
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va", "ic-inval",
                                                    "s2-attr", "hyp-maintenance", "tlbi")],
@@ -291,10 +291,8 @@ class Replay:
     def _batchable(ev: np.ndarray) -> np.ndarray:
         """Which events may be replayed vectorized (``batch``), the others one by one."""
         in_batch = IN_BATCH[ev["kind"]]
-        # DC ZVA writes and I-cache maintenance by the hypervisor are not clears: one by one.
+        # DC ZVA writes zeros: not a clear, one by one.
         in_batch &= ~((ev["kind"] == KIND["cmo-va"]) & (ev["op"] == E.DC_VA_OPS.index("zva")))
-        in_batch &= ~((ev["kind"] == KIND["hyp-maintenance"])
-                      & (ev["op"] == E.HYP_OPS.index("icache-inval")))
         # Of the guest's I-cache invalidations only IC IVAU of a known PA clears lines.
         in_batch &= ~((ev["kind"] == KIND["ic-inval"])
                       & ((ev["op"] != E.IC_OPS.index("ivau"))
@@ -1078,6 +1076,7 @@ class Replay:
                 c_ = self.worlds[OBSERVED].cost
                 nbytes = int(ev["size"][events].sum())
                 c_.operations += int(events.size)
+                c_.icache_invalidations += int(events.size) if op == ICACHE_INVAL else 0
                 c_.bytes_cleaned += nbytes if op in (CLEAN, CLEAN_INVAL) else 0
                 c_.bytes_invalidated += nbytes if op in (INVAL, CLEAN_INVAL) else 0
 
