@@ -45,10 +45,13 @@ KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 # Kinds replayed vectorized: stage-2 faults and maps; the line clears (guest DC by VA, IC IVAU
 # of a known PA, the traced hypervisor's cleans and I-cache invalidations) and leaf attribute
 # changes, which commute with everything in a run except a change of the same page; TLBIs,
-# which change nothing here.  A Linux boot issues DC CVAU + IC IVAU per line of new code and relaxes a
+# which change nothing here; the line-precise guest writes (``guest-access``), set before the
+# run's other line changes when none of those touched their lines earlier (``_line_sets``).
+# A Linux boot issues DC CVAU + IC IVAU per line of new code and relaxes a
 # leaf's permissions after each permission fault: one by one they cut it into ~3-event runs.
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va", "ic-inval",
-                                                   "s2-attr", "hyp-maintenance", "tlbi")],
+                                                   "s2-attr", "hyp-maintenance", "tlbi",
+                                                   "guest-access")],
                        dtype=np.uint8)
 IN_BATCH = np.zeros(256, dtype=bool)
 IN_BATCH[BATCH_KINDS] = True
@@ -847,14 +850,22 @@ class Replay:
                                           & DC_CLEARS_NOTHING[ev["op"]])
         state = self._page_changes(ev)
         before, split = self._order(ev, ordered, state)
+        sets = np.flatnonzero((ev["kind"] == KIND["guest-access"])
+                              & (ev["access"] == E.ACCESS.index("write")))
+        if sets.size:
+            cut = self._line_sets_cut(ev, sets, ordered, state)
+            if cut is not None:
+                split = cut if split is None else min(split, cut)
         if split is not None:
             if split:
                 self._run(ev[:split], extras, base)   # conflict-free: taken whole
-            if not ordered[split]:
+            if not (ordered[split] or ev["kind"][split] == KIND["guest-access"]):
                 return split
             self.one(ev[split], extras.get(base + split, {}))
             return split + 1
         self.set_way_open.clear()
+        if sets.size:
+            self._line_sets(ev[sets])
         if before.any():
             self._apply_ordered(ev, before, state)
         self._faults_and_maps(ev, state)
@@ -862,6 +873,72 @@ class Replay:
         if after.any():
             self._apply_ordered(ev, after, state)
         return len(ev)
+
+    def _line_sets_cut(self, ev, sets: np.ndarray, ordered: np.ndarray,
+                       state: dict) -> int | None:
+        """Where the run must be cut for its guest writes (``sets``) to be set first, before
+        everything else of the run: at a write whose page the run also maps, faults on or
+        retypes before it (its lines' memory type and the first-map checks depend on the
+        order; a permission change that keeps the type, KVM's write grant, does not count),
+        or whose lines a clear of the run cleared before it; at the first change of the page
+        when every change of it comes after the write.  None: no cut."""
+        cuts = []
+        idx, page, lo, hi = self.ram.pieces(ev["pa"][sets], ev["size"][sets])
+        who = sets[idx]
+        retyped = ev["memattr"][state["attr_who"]] != self.memattr[state["attr_page"]]
+        changed = np.concatenate([state["page"], state["attr_page"][retyped]])
+        if changed.size:
+            changer = np.concatenate([state["who"], state["attr_who"][retyped]])
+            first = self._page_first                # RAM page -> its first change in the run
+            np.minimum.at(first, changed, changer)
+            at = first[page]
+            first[changed] = NO_EVENT
+            hit = at != NO_EVENT
+            cuts += np.where(at[hit] < who[hit], who[hit], at[hit]).tolist()
+        clears = np.flatnonzero(ordered & (ev["kind"] != KIND["s2-attr"]))
+        if clears.size:
+            c_idx, c_page, c_lo, c_hi = self.ram.pieces(ev["pa"][clears], np.where(
+                (ev["kind"][clears] == KIND["ic-inval"]) & (ev["size"][clears] == 0),
+                np.uint64(4), ev["size"][clears]))
+            near = np.isin(c_page, page)
+            if near.any():
+                c_who, c_page = clears[c_idx[near]], c_page[near]
+                c_mask = line_masks(c_lo[near], c_hi[near])
+                mask = line_masks(lo, hi)
+                for w, p, m in zip(who.tolist(), page.tolist(), mask.tolist()):
+                    earlier = (c_page == p) & (c_who < w)
+                    if earlier.any() and np.bitwise_or.reduce(c_mask[earlier]) & np.uint64(m):
+                        cuts.append(w)
+        return min(cuts) if cuts else None
+
+    def _line_sets(self, ev: np.ndarray) -> None:
+        """Guest writes of a run, vectorized ``guest_access``: their lines become dirty (a
+        cacheable write) or stale (not), and new code, in every world; they are no longer
+        what the host wrote.  The memory type is their first page's, as ``guest_access``."""
+        idx, page, lo, hi = self.ram.pieces(ev["pa"], ev["size"])
+        if not idx.size:
+            return
+        mask = line_masks(lo, hi)
+        pages, inverse = np.unique(page, return_inverse=True)
+        every = np.zeros(pages.size, dtype=np.uint64)
+        np.bitwise_or.at(every, inverse, mask)
+        self.host_code.bits["host"][pages] &= ~every
+        first = self.ram.page_index(ev["pa"])
+        memattr = np.where(first >= 0, self.memattr[np.clip(first, 0, None)], 0xF)[idx]
+        vcpu = ev["vcpu"][idx].astype(np.int64)
+        for w in self.worlds.values():
+            ok = np.zeros(idx.size, dtype=bool)
+            for v, m in set(zip(vcpu.tolist(), memattr.tolist())):
+                ok[(vcpu == v) & (memattr == m)] = w.cacheable(self.vcpus[v], m)
+            for state, sel in (("dirty", ok), ("stale", ~ok)):
+                if sel.any():
+                    part = np.zeros(pages.size, dtype=np.uint64)
+                    np.bitwise_or.at(part, inverse[sel], mask[sel])
+                    w.cache.bits[state][pages] |= part
+            w.cache.bits["code"][pages] |= every
+        for e in ev[(ev["present"] & E.OPTIONAL_BIT["pc"]) != 0]:
+            for p in E.pages(int(e["pa"]), int(e["size"])):
+                self.last_writer[p] = (int(e["vcpu"]), int(e["pc"]))
 
     def _settle_point(self, ev) -> tuple[int, int] | None:
         """(index, vCPU) of the first event in the run at which a pending check settles."""

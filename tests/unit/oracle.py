@@ -1,15 +1,26 @@
 """The replay oracle the hand-written engine tests share: a trace written and read back, then
-replayed three ways that must agree exactly -- vectorized (``Replay.run``), event by event
-(``max_batch=1``) and streamed in chunks of three events (``Replay.feed``): findings, stats,
-transitions, every shadow bit and executability."""
+replayed four ways that must agree exactly -- vectorized (``Replay.run``), event by event
+(``max_batch=1``), with every guest write replayed alone through ``Replay.guest_access``
+(``LoneWrites``: the vectorized ``_line_sets`` checked against the plain one) and streamed in
+chunks of three events (``Replay.feed``): findings, stats, transitions, every shadow bit and
+executability."""
 from __future__ import annotations
 
 import numpy as np
 
-from gdbplugin.model.engine import Replay
+from gdbplugin.model.engine import KIND, Replay
 from gdbplugin.model.trace import TraceWriter, read_trace
 
 BASE, RAM = 0x4000_0000, 16 << 20
+
+
+class LoneWrites(Replay):
+    """A replay that takes every ``guest-access`` out of the vectorized runs (``one`` ->
+    ``guest_access``), as the engine did before guest writes were batched."""
+
+    @staticmethod
+    def _batchable(ev):
+        return Replay._batchable(ev) & (ev["kind"] != KIND["guest-access"])
 
 
 def replay(tmp_path, events, vcpus=1, ram=None, **header):
@@ -21,6 +32,7 @@ def replay(tmp_path, events, vcpus=1, ram=None, **header):
     trace = read_trace(path)
     fast = Replay(trace.header).run(trace)
     slow = Replay(trace.header, max_batch=1).run(trace)
+    lone = LoneWrites(trace.header).run(trace)
     # Fed in chunks of three events, holding at most four (Replay.feed: "chunked any way ...
     # findings, costs and transitions after finish equal a whole-trace replay").
     rp = Replay(trace.header, hold=4)
@@ -32,13 +44,14 @@ def replay(tmp_path, events, vcpus=1, ram=None, **header):
         raised += [f for fs in rp.feed(trace.events[i:i + 3], extras).values() for f in fs]
     chunked = rp.finish()
     assert all(any(f is g for w in chunked.worlds.values() for g in w.findings) for f in raised)
-    for other in (slow, chunked):
+    for other in (slow, lone, chunked):
         assert {n: [f.as_dict() for f in w.findings] for n, w in fast.worlds.items()} == \
             {n: [f.as_dict() for f in w.findings] for n, w in other.worlds.items()}
         assert fast.stats == other.stats
         assert fast.transitions == other.transitions
     for name, w in fast.worlds.items():
-        for state in ("dirty", "stale", "code"):
-            assert np.array_equal(w.cache.bits[state], slow.worlds[name].cache.bits[state])
-        assert np.array_equal(w.executable, slow.worlds[name].executable), name
+        for other in (slow, lone):
+            for state in ("dirty", "stale", "code"):
+                assert np.array_equal(w.cache.bits[state], other.worlds[name].cache.bits[state])
+            assert np.array_equal(w.executable, other.worlds[name].executable), name
     return fast

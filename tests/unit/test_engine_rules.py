@@ -354,6 +354,20 @@ def test_mismatched_alias_needs_a_mapped_page_and_an_online_vcpu(tmp_path):
 
 # -- guest writes ----------------------------------------------------------------------
 
+def test_guest_writes_and_line_clears_keep_their_order_in_a_run(tmp_path):
+    """Guest writes are replayed vectorized, set before the rest of their run: that is right
+    only while nothing earlier in the run touched their lines.  A line cleaned and then
+    written again is dirty (the write came last), one written and then cleaned is clean,
+    whatever else the run holds."""
+    head = [on(), *fault_map(A, "read"), sctlr(OFF, MC_ON)]      # A mapped, caches on
+    r = replay(tmp_path, head + [dc("civac", A, LINE), gwrite(A, LINE)])
+    assert bits(r, "none", "dirty", A) == 1
+    r = replay(tmp_path, head + [gwrite(A, LINE), dc("civac", A, LINE)])
+    assert bits(r, "none", "dirty", A) == 0
+    r = replay(tmp_path, head + [dc("civac", A, LINE), gwrite(A + LINE, LINE),
+                                 dc("civac", A + 2 * LINE, LINE), gwrite(A, 3 * LINE)])
+    assert bits(r, "none", "dirty", A) == 0b111 and bits(r, "none", "code", A) == 0b111
+
 def test_guest_writes_are_dirty_when_cacheable_and_stale_when_not(tmp_path):
     """A guest write with the MMU off is Device-nGnRnE (not cacheable): RAM becomes newer
     than any clean copy, the lines are stale.  With M and C on and a Normal WB stage 2 it is

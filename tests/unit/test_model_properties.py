@@ -14,6 +14,7 @@ from gdbplugin.model.cache import RamMap, ShadowCache
 from gdbplugin.model.engine import Replay
 from gdbplugin.model.hazards import INFO_KINDS
 from gdbplugin.model.trace import TraceWriter, read_trace
+from oracle import LoneWrites               # tests/unit/oracle.py
 
 BASE, SIZE, PAGES = 0x4000_0000, 64 * 4096, 64
 # S2CACHE_PROP_EXAMPLES: more random traces for a longer search (an engine change).
@@ -113,12 +114,14 @@ def test_vectorized_equals_event_by_event_and_is_deterministic(tmp_path_factory,
     fast = Replay(trace.header).run(trace)
     again = Replay(trace.header).run(trace)
     slow = Replay(trace.header, max_batch=1).run(trace)
-    assert findings(fast) == findings(again) == findings(slow)
-    assert fast.stats == again.stats == slow.stats
+    lone = LoneWrites(trace.header).run(trace)      # guest writes through guest_access
+    assert findings(fast) == findings(again) == findings(slow) == findings(lone)
+    assert fast.stats == again.stats == slow.stats == lone.stats
     for name in fast.worlds:
         for state in ("dirty", "stale", "code"):
-            assert np.array_equal(fast.worlds[name].cache.bits[state],
-                                  slow.worlds[name].cache.bits[state])
+            for other in (slow, lone):
+                assert np.array_equal(fast.worlds[name].cache.bits[state],
+                                      other.worlds[name].cache.bits[state])
 
 
 @SETTINGS
