@@ -367,6 +367,13 @@ def test_guest_writes_and_line_clears_keep_their_order_in_a_run(tmp_path):
     r = replay(tmp_path, head + [dc("civac", A, LINE), gwrite(A + LINE, LINE),
                                  dc("civac", A + 2 * LINE, LINE), gwrite(A, 3 * LINE)])
     assert bits(r, "none", "dirty", A) == 0b111 and bits(r, "none", "code", A) == 0b111
+    # The hypervisor retypes the page to Device (stage2_attr_walker) and the guest then
+    # writes it: a non-cacheable write, RAM newer than any cached copy (stale), not dirty;
+    # under FWB stage 2 forces Write-Back whatever the leaf says.
+    retype = {"kind": "s2-attr", "ipa": A, "size": PAGE, "memattr": DEVICE}
+    r = replay(tmp_path, head + [retype, gwrite(A, LINE)])
+    assert (bits(r, "none", "stale", A), bits(r, "none", "dirty", A)) == (1, 0)
+    assert (bits(r, "fwb", "stale", A), bits(r, "fwb", "dirty", A)) == (0, 1)
 
 def test_guest_writes_are_dirty_when_cacheable_and_stale_when_not(tmp_path):
     """A guest write with the MMU off is Device-nGnRnE (not cacheable): RAM becomes newer
