@@ -1561,3 +1561,18 @@ def test_a_line_clear_between_two_writes_of_a_page(tmp_path):
     r = replay(tmp_path, head + mixed, vcpus=2)
     assert bits(r, "none", "dirty", A) == full & ~line1        # vCPU 0's, then cleaned
     assert bits(r, "none", "stale", A) == full                 # vCPU 1 writes uncached
+
+
+def test_a_clear_between_two_write_faults_stays_between_them_when_the_page_is_retyped(tmp_path):
+    """Two permission faults for writes on one page with a line clean between them: each
+    write sets the whole page, so the clean may be applied before both -- unless the
+    hypervisor retyped the page between them (here to Device): the first write left the
+    lines dirty, the clean cleans line 0, the second (non-cacheable) leaves RAM newer than
+    any copy (stale) and cleans nothing.  Line 0 ends stale but not dirty."""
+    head = [on(), *fault_map(A, "read"), sctlr(OFF, MC_ON)]
+    retype = {"kind": "s2-attr", "ipa": A, "size": PAGE, "memattr": DEVICE}
+    r = replay(tmp_path, head + [fault(A, "write"), retype, dc("civac", A, LINE),
+                                 fault(A, "write")])
+    assert bits(r, "none", "dirty", A) == (1 << 64) - 2
+    assert bits(r, "none", "stale", A) == (1 << 64) - 1
+
