@@ -1575,4 +1575,3 @@ def test_a_clear_between_two_write_faults_stays_between_them_when_the_page_is_re
                                  fault(A, "write")])
     assert bits(r, "none", "dirty", A) == (1 << 64) - 2
     assert bits(r, "none", "stale", A) == (1 << 64) - 1
-
