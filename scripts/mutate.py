@@ -10,9 +10,9 @@ Each module is measured on its own, in a fresh work tree build/mutate/work/<modu
 of gdbplugin/ and tests/ and a setup.cfg telling mutmut to mutate only that module and to run
 only the unit tests relevant to it (never tests/integration). mutmut makes its mutants/ copy
 there and runs one worker (``--workers``: more, for a machine that has nothing else to do:
-timing-sensitive tests are not among the unit tests). A module gets N minutes of wall time (default 3), mutant
-generation and the clean test run included; when they run out mutmut is stopped and what it
-finished is reported as partial. Hypothesis runs derandomized (a profile in the work tree's
+timing-sensitive tests are not among the unit tests). A module gets N minutes of wall time
+(default 3), mutant generation and the clean test run included; when they run out mutmut is
+stopped and what it finished is reported as partial. Hypothesis runs derandomized (a profile in the work tree's
 conftest.py) so that verdicts repeat, tests run cheapest first so that a kill comes early, and
 the walker fuzz test walks S2CACHE_FUZZ_IMAGES=200 images and the trace reader's fuzz test
 reads S2CACHE_FUZZ_TRACES=600 mutated traces unless the variables are set.

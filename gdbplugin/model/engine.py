@@ -441,8 +441,7 @@ class Replay:
             self.guest_access(int(e["vcpu"]), E.ACCESS[e["access"]], int(e["pa"]),
                               int(e["size"]))
             if E.ACCESS[e["access"]] == "write" and e["present"] & E.OPTIONAL_BIT["pc"]:
-                for page in E.pages(int(e["pa"]), int(e["size"])):
-                    self.last_writer[page] = (int(e["vcpu"]), int(e["pc"]))
+                self._note_writer(e)
         elif kind == "cmo-va":
             self.cmo(int(e["vcpu"]), E.DC_VA_OPS[e["op"]], int(e["pa"]), int(e["size"]))
         elif kind == "set-way":
@@ -885,7 +884,7 @@ class Replay:
         cuts = []
         idx, page, lo, hi = self.ram.pieces(ev["pa"][sets], ev["size"][sets])
         who = sets[idx]
-        retyped = ev["memattr"][state["attr_who"]] != self.memattr[state["attr_page"]]
+        retyped = state["attr_retypes"]
         changed = np.concatenate([state["page"], state["attr_page"][retyped]])
         if changed.size:
             changer = np.concatenate([state["who"], state["attr_who"][retyped]])
@@ -897,9 +896,8 @@ class Replay:
             cuts += np.where(at[hit] < who[hit], who[hit], at[hit]).tolist()
         clears = np.flatnonzero(ordered & (ev["kind"] != KIND["s2-attr"]))
         if clears.size:
-            c_idx, c_page, c_lo, c_hi = self.ram.pieces(ev["pa"][clears], np.where(
-                (ev["kind"][clears] == KIND["ic-inval"]) & (ev["size"][clears] == 0),
-                np.uint64(4), ev["size"][clears]))
+            c_idx, c_page, c_lo, c_hi = self.ram.pieces(ev["pa"][clears],
+                                                        _clear_sizes(ev[clears]))
             near = np.isin(c_page, page)
             if near.any():
                 c_who, c_page = clears[c_idx[near]], c_page[near]
@@ -937,8 +935,13 @@ class Replay:
                     w.cache.bits[state][pages] |= part
             w.cache.bits["code"][pages] |= every
         for e in ev[(ev["present"] & E.OPTIONAL_BIT["pc"]) != 0]:
-            for p in E.pages(int(e["pa"]), int(e["size"])):
-                self.last_writer[p] = (int(e["vcpu"]), int(e["pc"]))
+            self._note_writer(e)
+
+    def _note_writer(self, e) -> None:
+        """A guest write that has a PC: who last wrote each page it touches (named by the
+        I-cache check at a fetch)."""
+        for p in E.pages(int(e["pa"]), int(e["size"])):
+            self.last_writer[p] = (int(e["vcpu"]), int(e["pc"]))
 
     def _settle_point(self, ev) -> tuple[int, int] | None:
         """(index, vCPU) of the first event in the run at which a pending check settles."""
@@ -993,6 +996,8 @@ class Replay:
         attrs = np.flatnonzero(ev["kind"] == KIND["s2-attr"])
         a_who, a_page = self._attr_pages(ev, maps, attrs) if attrs.size else (attrs, attrs)
         return {"who": np.concatenate([m_who, effect]), "page": np.concatenate([m_page, f_page]),
+                # an attribute change giving its page another memory type than it has now
+                "attr_retypes": ev["memattr"][a_who] != self.memattr[a_page],
                 "maps": maps, "faults": faults, "effects": effect, "effect_pages": f_page,
                 "attr_who": a_who, "attr_page": a_page}
 
@@ -1095,8 +1100,7 @@ class Replay:
         np.minimum.at(low, pos, vcpu)
         np.maximum.at(high, pos, vcpu)
         bad |= low != high
-        retyped = ev["memattr"][state["attr_who"]] != self.memattr[state["attr_page"]]
-        bad[attr_pos[(attr_pos >= 0) & retyped]] = True
+        bad[attr_pos[(attr_pos >= 0) & state["attr_retypes"]]] = True
         return ~bad
 
     def _attr_commutes(self, ev, state, attrs: np.ndarray, pages: np.ndarray) -> np.ndarray:
@@ -1129,9 +1133,7 @@ class Replay:
     def _clears(self, ev: np.ndarray) -> None:
         """Guest DC by VA and IC IVAU (every world) and traced hypervisor maintenance (the
         observed world), as per-page line masks OR-ed together, then applied once per state."""
-        is_ic = ev["kind"] == KIND["ic-inval"]
-        size = np.where(is_ic & (ev["size"] == 0), np.uint64(4), ev["size"])  # as ``one``
-        idx, page, lo, hi = self.ram.pieces(ev["pa"], size)
+        idx, page, lo, hi = self.ram.pieces(ev["pa"], _clear_sizes(ev))
         masks = line_masks(lo, hi)
         code = ev["kind"].astype(np.int64) * 256 + ev["op"]
         codes = _small_unique(code).tolist()
@@ -1399,6 +1401,13 @@ def _access(ev, faults: np.ndarray) -> np.ndarray:
     access = ev["access"][faults]
     return np.where((access == E.ACCESS.index("write")) & (ev["op"][faults] == 1),
                     E.ACCESS.index("read"), access)
+
+
+def _clear_sizes(ev) -> np.ndarray:
+    """The bytes each line clear covers: an IC IVAU without a size covers its one
+    instruction (``one`` does the same: ``size or 4``)."""
+    return np.where((ev["kind"] == KIND["ic-inval"]) & (ev["size"] == 0), np.uint64(4),
+                    ev["size"])
 
 
 def _small_unique(values: np.ndarray) -> np.ndarray:
