@@ -103,10 +103,12 @@ def test_every_subcommand_on_linux_smp2(shim, images, tmp_path):
              "s2cache stop", "s2cache status", "echo end\\n"]
     text, trace, runs, _ = boot_in_gdb(shim, images, tmp_path, "kvm", after)
     assert "ring read through /proc/<qemu-pid>/mem" in text
-    # status: both vCPUs ran at EL1 with M, C and I on, events drained, nothing lost
+    # status: both vCPUs ran with M, C and I on, events drained, nothing lost; the EL shown is
+    # that of the vCPU's last trapped event: EL1, or EL0 when busybox's last stage-2 fault
+    # came after the kernel's (timing decides which)
     m = re.search(r"policy kvm; (\d+) events \((\d+) records, 0 lost\)", " ".join(text.split()))
     assert m and int(m.group(1)) > 10_000, text[:3000]
-    assert len(re.findall(r"vCPU [01]: EL1 SCTLR_EL1 0x[0-9a-f]+ \(MCI\)", text)) == 2
+    assert len(re.findall(r"vCPU [01]: EL[01] SCTLR_EL1 0x[0-9a-f]+ \(MCI\)", text)) == 2
     # SCTLR transitions shown live are the ring's (the trace holds what the ring held)
     shown = re.findall(r"s2cache: vCPU (\d) SCTLR_EL1 (\w{3}) -> (\w{3})", text)
     t = read_trace(trace)
