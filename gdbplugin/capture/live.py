@@ -137,7 +137,7 @@ class LiveSession:
         if ring is None:
             return 0
         try:
-            batch = ring.poll(self.BATCH)
+            batch = ring.poll_fields(self.BATCH)
         except RingError as exc:
             raise LiveError(f"ring: {exc}") from None
         self.stats.pumps += 1

@@ -11,12 +11,11 @@ reading it back.  ``record`` drives a ``ShimSession`` to its console marker thro
 """
 from __future__ import annotations
 
-from itertools import chain
 from pathlib import Path
-from typing import Iterable
 
 from ..model.trace import Trace, TraceWriter
 from ..shim.abi import PARAM_FLAGS
+from ..shim.ring import decode_fields
 from .shim_trace import ShimTrace, loaded_blobs
 
 
@@ -61,7 +60,7 @@ class Recorder:
         self._cpu_model = cpu_model
         self.writer: TraceWriter | None = None
         self.conv: ShimTrace | None = None
-        self._host_writes: list[dict] = []
+        self._host_writes: list[tuple] = []
         self.written = 0
 
     @property
@@ -76,35 +75,39 @@ class Recorder:
         self.writer = TraceWriter(self._target, self.conv.header)
         self._host_writes = list(self.conv.host_writes(self._blobs))
 
-    def _pending_host_writes(self) -> list[dict]:
-        """QEMU's loads, written once, ahead of the first converted events."""
-        out, self._host_writes = self._host_writes, []
-        return out
-
-    def _write(self, events: Iterable[dict]) -> Trace:
-        chunk = self.writer.write_many(events)
+    def _write(self, events: list[tuple]) -> Trace:
+        """Write (row, extras) pairs, QEMU's loads first if they are not written yet."""
+        if self._host_writes:
+            events, self._host_writes = self._host_writes + events, []
+        extras = {i: x for i, (_, x) in enumerate(events) if x is not None}
+        chunk = self.writer.write_rows([row for row, _ in events], extras)
         self.written += len(chunk)
         return chunk
 
-    def feed(self, ring_events) -> Trace | None:
-        """Convert and write a batch of ring events; the trace events written, in order (None
-        before the shim's start record)."""
-        events = list(ring_events)
+    def feed(self, records: list[tuple]) -> Trace | None:
+        """Convert and write a batch of ring records (``RingReader.poll_fields``); the trace
+        events written, in order (None before the shim's start record)."""
         if self.writer is None:
-            if not events:
+            if not records:
                 return None
-            if events[0].kind != "shim-start":
-                raise RecordError(f"the ring starts with {events[0].kind!r}, not the shim's "
+            start = decode_fields(records[0][0] - 1, records[0])
+            if start.kind != "shim-start":
+                raise RecordError(f"the ring starts with {start.kind!r}, not the shim's "
                                   f"start record: was it read from the beginning?")
-            self._open(events[0])
-            events = events[1:]
-        return self._write(chain(self._pending_host_writes(), self.conv.convert(events)))
+            self._open(start)
+            records = records[1:]
+        events: list[tuple] = []
+        try:
+            self.conv.convert(records, events)
+        finally:                          # a record that cannot be converted: keep the rest
+            chunk = self._write(events)
+        return chunk
 
     def close(self) -> Trace | None:
         """Write what the converter still holds and close the file; those events."""
         if self.writer is None:
             return None
-        chunk = self._write(chain(self._pending_host_writes(), self.conv.finish()))
+        chunk = self._write(self.conv.finish())
         self.writer.close()
         return chunk
 

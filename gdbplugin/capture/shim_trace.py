@@ -18,9 +18,13 @@ import re
 from typing import Iterable, Iterator
 
 from ..model.cache import PAGE_SHIFT
+from ..model.trace import ROW_MAKERS
+from ..shim.abi import (ACCESS, CMO_FLAGS, FAULT_FLAGS, GUEST_CMO_OPS, KINDS, MEMTYPES, PERMS,
+                        RULES, SET_WAY_OPS, SYSREGS)
+from ..shim.abi import IC_OPS as SHIM_IC_OPS
+from ..target.physmem import page_runs
 
 PAGE = 1 << PAGE_SHIFT
-from ..target.physmem import page_runs
 
 ROM_LINE = re.compile(r'addr=([0-9a-f]+) size=0x([0-9a-f]+) mem=(?:ram|rom) name="(.*)"')
 # A blob QEMU put straight into a memory region (virt's flash: ``-bios``), placed by the
@@ -48,10 +52,30 @@ def loaded_blobs(info_roms: str, info_mtree: str = "") -> list[tuple[int, int, s
     return sorted(out)
 
 
+# ring codes the converter dispatches on (gdbplugin/shim/abi.py)
+K = KINDS.ids
+_MAINTENANCE = (K["dc"], K["ic"], K["flush-vm"])
+_FETCH, _FETCH_OK, _DEFERRED = (FAULT_FLAGS.ids[n] for n in ("fetch", "fetch-ok", "deferred"))
+_WRITE = ACCESS.ids["write"]
+_PERM_X, _PERM_W, _OBSERVER = PERMS.ids["x"], PERMS.ids["w"], PERMS.ids["observer"]
+_NO_IPA = CMO_FLAGS.ids["no-ipa"]
+_NO_VCPU = 0xFF
+_MEMTYPE_NORMAL = MEMTYPES.ids["normal"]
+_S2_MEMATTR = {code: MEMATTR.get(name, MEMATTR["device"]) for code, name in MEMTYPES.items()}
+# trace access of a fault: the shim's access code (none: a read)
+_FAULT_ACCESS = {code: name or "read" for code, name in ACCESS.items()}
+# guest-cmo op code -> (trace kind, trace op)
+_GUEST_CMO = {code: ("ic-inval", IC_OPS[name]) if name in IC_OPS else ("cmo-va", CMO_OPS[name])
+              for code, name in GUEST_CMO_OPS.items() if name in IC_OPS or name in CMO_OPS}
+_TLBI_OP = "ipas2e1+vmalle1"
+_ROW = ROW_MAKERS
+
+
 class ShimTrace:
-    """Converts ring events as they arrive (``convert`` may be called repeatedly).  ``ram``:
-    the guest memory ranges (RAM and flash windows); ``header``: extra trace-header keys
-    (policy, cpu, writes)."""
+    """Converts ring records as they arrive (``convert`` may be called repeatedly) into trace
+    events as (row, extras) pairs of ``gdbplugin.model.trace.ROW_MAKERS``, which the trace
+    writer numbers and writes.  ``ram``: the guest memory ranges (RAM and flash windows);
+    ``header``: extra trace-header keys (policy, cpu, writes)."""
 
     def __init__(self, ram: list[tuple[int, int]], vcpus: int, policy: str, **header):
         self.ram = sorted(ram)
@@ -61,106 +85,121 @@ class ShimTrace:
         self._held: dict[int, list] = {}           # vcpu -> its trap awaiting maintenance
         self._mapped: set[int] = set()             # RAM pages mapped Normal (for VM flushes)
 
-    def host_writes(self, blobs: Iterable[tuple[int, int, str]]) -> Iterator[dict]:
+    def host_writes(self, blobs: Iterable[tuple[int, int, str]]) -> Iterator[tuple]:
         """What QEMU loaded before the guest ran, clipped to guest memory."""
         for addr, size, _ in blobs:
             for base, length in self.ram:
                 lo, hi = max(addr, base), min(addr + size, base + length)
                 if lo < hi:
-                    yield {"kind": "host-write", "pa": lo, "size": hi - lo, "source": "load"}
+                    yield _ROW["host-write"](lo, hi - lo, "load")
 
-    def convert(self, events) -> Iterator[dict]:
-        for e in events:
-            k = e.kind
-            if k in ("dc", "ic", "flush-vm"):
-                yield from self._maintenance(e)
+    def convert(self, records: Iterable[tuple], out: list) -> list[tuple]:
+        """Append to ``out`` the trace events, as (row, extras) pairs, of ring records given
+        as their unpacked fields (``RingReader.poll_fields``), and return it (``out`` keeps
+        the events before a record that cannot be converted)."""
+        put = out.append
+        held, in_ram = self._held, self._in_ram
+        for (_, kind, vcpu, el, access, op, flags, pc, esr, ipa, pa, size, va) in records:
+            if kind in _MAINTENANCE:
+                out += self._maintenance(kind, vcpu, op, flags, pa, size)
                 continue
-            if e.vcpu is not None and e.vcpu in self._held:
-                yield from self._held.pop(e.vcpu)
-            if k == "vcpu-start":
-                yield _drop_none({"kind": "vcpu-on", "vcpu": e.vcpu, "pc": e.pc})
-            elif k == "s2-fault" and e.extra.get("fetch"):
-                yield _drop_none({"kind": "fetch", "vcpu": e.vcpu, "ipa": e.ipa, "pc": e.pc,
-                                  "el": e.el, "ok": 1 if e.extra.get("fetch_ok") else None,
-                                  "old": e.extra.get("insn_old"),
-                                  "new": e.extra.get("insn_new")})
-            elif k == "s2-fault":
-                yield _drop_none({"kind": "s2-fault", "vcpu": e.vcpu, "ipa": e.ipa,
-                                  "access": e.access or "read", "esr": e.esr, "pc": e.pc,
-                                  "el": e.el,
-                                  "deferred": 1 if e.extra.get("deferred") else None})
-            elif k == "s2-written":
-                yield from self._written(e)
-            elif k == "s2-access":
-                yield _drop_none({"kind": "s2-access", "vcpu": e.vcpu, "ipa": e.ipa,
-                                  "access": e.access or "read", "pc": e.pc, "el": e.el})
-            elif k == "s2-map":
-                memtype = e.extra.get("memtype", "normal")
-                if memtype == "normal":
-                    first = e.pa >> PAGE_SHIFT
-                    self._mapped.update(range(first, first + (e.size >> PAGE_SHIFT)))
-                self._held[e.vcpu] = [{
-                    "kind": "s2-map", "ipa": e.ipa, "pa": e.pa, "size": e.size,
-                    "memattr": MEMATTR.get(memtype, MEMATTR["device"]),
-                    "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL,
-                    "vcpu": e.vcpu}, *self._block_write(e)]
-            elif k == "s2-perm" and e.extra.get("observer"):
-                pass                # write-xor-execute gave X back: the policy's view is as it was
-            elif k == "s2-perm":
-                yield {"kind": "s2-attr", "ipa": e.ipa, "size": e.size,
-                       "memattr": MEMATTR.get(e.extra.get("memtype", "normal"),
-                                              MEMATTR["device"]),
-                       "xn": XN_NONE if "x" in e.extra.get("perms", "") else XN_ALL}
-                yield from self._block_write(e)
-            elif k == "host-dma":
-                if self._in_ram(e.pa, e.size):
-                    yield {"kind": "host-write", "pa": e.pa, "size": e.size,
-                           "source": "device"}
-            elif k == "sysreg-write":
-                self._held[e.vcpu] = [_drop_none({
-                    "kind": "sysreg-write", "vcpu": e.vcpu, "reg": e.reg, "old": e.old,
-                    "new": e.new, "pc": e.pc, "el": e.el})]
-            elif k == "set-way":
-                yield _drop_none({"kind": "set-way", "vcpu": e.vcpu, "op": e.op, "pc": e.pc,
-                                  "el": e.el})
-            elif k == "tlbi":
-                yield {"kind": "tlbi", "vcpu": e.vcpu, "op": e.op}
-            elif k == "guest-cmo":
-                yield from self._guest_cmo(e)
+            if vcpu == _NO_VCPU:
+                vcpu = None
+            elif vcpu in held:
+                out += held.pop(vcpu)
+            if kind == K["guest-cmo"]:
+                what = _GUEST_CMO.get(op)
+                if what is None:
+                    continue
+                tkind, top = what
+                translated = not flags & _NO_IPA
+                if tkind == "cmo-va":
+                    if translated and in_ram(pa, size):
+                        put(_ROW["cmo-va"](vcpu, top, pa, size, va, pc, el))
+                elif top == "ivau" and translated and in_ram(pa, size):
+                    put(_ROW["ic-inval"](vcpu, top, pa, size, pc))
+                else:
+                    put(_ROW["ic-inval"](vcpu, top, None, None, pc))
+            elif kind == K["s2-fault"]:
+                if flags & _FETCH:
+                    put(_ROW["fetch"](vcpu, ipa, pc, el, 1 if flags & _FETCH_OK else None,
+                                      size >> 32 if size else None,
+                                      size & 0xFFFFFFFF if size else None))
+                else:
+                    put(_ROW["s2-fault"](vcpu, ipa, _FAULT_ACCESS.get(access, "read"), esr,
+                                         pc, el, 1 if flags & _DEFERRED else None))
+            elif kind == K["s2-perm"]:
+                if not flags & _OBSERVER:     # the observer's X given back: policy unchanged
+                    put(_ROW["s2-attr"](ipa, size, _S2_MEMATTR.get(op, MEMATTR["device"]),
+                                        XN_NONE if flags & _PERM_X else XN_ALL))
+                    out += self._block_write(vcpu, access, flags, pa, size)
+            elif kind == K["s2-map"]:
+                if op == _MEMTYPE_NORMAL:
+                    first = pa >> PAGE_SHIFT
+                    self._mapped.update(range(first, first + (size >> PAGE_SHIFT)))
+                mapped = [_ROW["s2-map"](ipa, pa, size, _S2_MEMATTR.get(op, MEMATTR["device"]),
+                                         XN_NONE if flags & _PERM_X else XN_ALL, vcpu),
+                          *self._block_write(vcpu, access, flags, pa, size)]
+                self._hold(vcpu, mapped, out)
+            elif kind == K["s2-written"]:
+                out += self._written(vcpu, pc, pa, va)
+            elif kind == K["s2-access"]:
+                put(_ROW["s2-access"](vcpu, ipa, _FAULT_ACCESS.get(access, "read"), pc, el))
+            elif kind == K["sysreg-write"]:
+                self._hold(vcpu, [_ROW["sysreg-write"](vcpu, SYSREGS.get(op, str(op)), ipa,
+                                                       pa, pc, el)], out)
+            elif kind == K["tlbi"]:
+                put(_ROW["tlbi"](vcpu, _TLBI_OP))
+            elif kind == K["set-way"]:
+                put(_ROW["set-way"](vcpu, SET_WAY_OPS.get(op, str(op)), pc, el))
+            elif kind == K["host-dma"]:
+                if in_ram(pa, size):
+                    put(_ROW["host-write"](pa, size, "device"))
+            elif kind == K["vcpu-start"]:
+                put(_ROW["vcpu-on"](vcpu, pc))
+        return out
 
-    def finish(self) -> Iterator[dict]:
+    def finish(self) -> list[tuple]:
         """Events still held back at the end of the ring."""
+        out = []
         for v in sorted(self._held):
-            yield from self._held.pop(v)
+            out += self._held.pop(v)
+        return out
 
-    def _maintenance(self, e) -> Iterator[dict]:
-        reason = e.rule or "shim"
-        if e.kind == "flush-vm":
-            for first, count in page_runs(sorted(self._mapped)) if self._mapped else ():
-                yield {"kind": "hyp-maintenance", "op": "clean-inval",
-                       "pa": first << PAGE_SHIFT, "size": count << PAGE_SHIFT,
-                       "reason": reason}
-        elif e.kind == "ic" and (e.op != "ivau" or not e.size):
-            for base, size in self.ram:
-                yield {"kind": "hyp-maintenance", "op": "icache-inval", "pa": base,
-                       "size": size, "reason": reason}
-        elif self._in_ram(e.pa, e.size):
-            yield {"kind": "hyp-maintenance",
-                   "op": "icache-inval" if e.kind == "ic" else "clean-inval",
-                   "pa": e.pa, "size": e.size, "vcpu": e.vcpu, "reason": reason}
+    def _hold(self, vcpu: int | None, events: list, out: list) -> None:
+        """A trapped event waits for its vCPU's maintenance records (the vCPU's next other
+        record releases it); one without a vCPU has nothing to wait for."""
+        if vcpu is None:
+            out += events
+        else:
+            self._held[vcpu] = events
 
-    def _block_write(self, e) -> Iterator[dict]:
+    def _maintenance(self, kind, vcpu, op, flags, pa, size) -> list[tuple]:
+        reason = RULES.get(flags, str(flags)) or "shim"
+        vcpu = None if vcpu == _NO_VCPU else vcpu
+        if kind == K["flush-vm"]:
+            return [_ROW["hyp-maintenance"]("clean-inval", first << PAGE_SHIFT,
+                                            count << PAGE_SHIFT, None, reason)
+                    for first, count in page_runs(sorted(self._mapped))] if self._mapped else []
+        if kind == K["ic"] and (SHIM_IC_OPS.get(op) != "ivau" or not size):
+            return [_ROW["hyp-maintenance"]("icache-inval", base, length, None, reason)
+                    for base, length in self.ram]
+        if self._in_ram(pa, size):
+            return [_ROW["hyp-maintenance"]("icache-inval" if kind == K["ic"] else
+                                            "clean-inval", pa, size, vcpu, reason)]
+        return []
+
+    def _block_write(self, vcpu, access, flags, pa, size) -> list[tuple]:
         """A write granted on a leaf larger than a page (2 MiB block mode): the fault says
         which page was written first, but any page of the leaf may be written until the
         epoch ends unobserved, so the whole leaf is write evidence."""
-        if e.access == "write" and "w" in e.extra.get("perms", "") and e.size > PAGE and \
-                self._in_ram(e.pa, e.size):
-            yield {"kind": "guest-access", "vcpu": e.vcpu, "pa": e.pa, "size": e.size,
-                   "access": "write"}
+        if access == _WRITE and flags & _PERM_W and size > PAGE and self._in_ram(pa, size):
+            return [_ROW["guest-access"](vcpu, pa, size, "write")]
+        return []
 
-    def _written(self, e) -> Iterator[dict]:
+    def _written(self, vcpu, pc, pa, mask) -> list[tuple]:
         """The lines a deferred write epoch changed, as guest writes (runs of lines)."""
-        mask, line = e.extra.get("lines", 0), 0
+        out, line = [], 0
         while mask >> line:
             if not (mask >> line) & 1:
                 line += 1
@@ -168,30 +207,16 @@ class ShimTrace:
             end = line
             while (mask >> end) & 1:
                 end += 1
-            if self._in_ram(e.pa + 64 * line, 64 * (end - line)):
-                yield _drop_none({"kind": "guest-access", "vcpu": e.vcpu,
-                                  "pa": e.pa + 64 * line, "size": 64 * (end - line),
-                                  "access": "write", "pc": e.pc})
+            if self._in_ram(pa + 64 * line, 64 * (end - line)):
+                out.append(_ROW["guest-access"](vcpu, pa + 64 * line, 64 * (end - line),
+                                                "write", None, pc))
             line = end
-
-    def _guest_cmo(self, e) -> Iterator[dict]:
-        if e.op in IC_OPS:
-            out = {"kind": "ic-inval", "vcpu": e.vcpu, "op": IC_OPS[e.op], "pc": e.pc}
-            if IC_OPS[e.op] == "ivau" and self._in_ram(e.pa, e.size):
-                out.update(pa=e.pa, size=e.size)
-            yield _drop_none(out)
-        elif e.op in CMO_OPS and self._in_ram(e.pa, e.size):
-            yield _drop_none({"kind": "cmo-va", "vcpu": e.vcpu, "op": CMO_OPS[e.op],
-                              "pa": e.pa, "size": e.size, "va": e.va, "pc": e.pc, "el": e.el})
+        return out
 
     def _in_ram(self, pa, size) -> bool:
-        if pa is None or not size:
+        if not size:
             return False
         for b, s in self.ram:
             if b <= pa and pa + size <= b + s:
                 return True
         return False
-
-
-def _drop_none(d: dict) -> dict:
-    return {k: v for k, v in d.items() if v is not None}

@@ -290,12 +290,14 @@ class ShimSession:
         return self._ring
 
     def drain(self, sink=None) -> int:
-        """Read every new ring record into ``events`` (and hand the batch to ``sink``)."""
+        """Read every new ring record into ``events`` (and hand the batch, as the records'
+        fields, to ``sink``: a Recorder's ``feed``)."""
+        from .ring import decode_fields
         ring = self.ring()
         if ring is None:
             return 0
-        batch = ring.poll()
-        self.events.extend(batch)
+        batch = ring.poll_fields()
+        self.events += [decode_fields(f[0] - 1, f) for f in batch]
         if sink is not None and batch:
             sink(batch)
         return len(batch)

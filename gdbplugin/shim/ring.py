@@ -3,25 +3,25 @@
 The layouts and codes are gdbplugin/shim/abi.py (checked against gdbplugin/shim/shim.h).  The ring
 header sits in the shim's bss (symbol ``shim_ring``) in the carve-out at the top of RAM, which
 the guest never sees; ``RingReader`` finds it by its magic on a page boundary.  Records are 64
-bytes; record i is complete once its ``seq`` is i + 1.  ``poll()`` returns every new complete
-record as an ``Event`` (a plain dataclass whose field names follow the event vocabulary of
-gdbplugin/model/events.py: kind, vcpu, pc, el, ipa, pa, size, access, esr, reg, old, new, op, va, plus ``rule`` and
-``extra`` per kind); with ``consume=True`` it also writes the ring's read index, so a ring in
-``wait`` mode never fills and one in ``halt`` mode halts only when we fall behind.
+bytes; record i is complete once its ``seq`` is i + 1.  ``poll_fields()`` returns every new
+complete record as its unpacked fields (what the trace converter, gdbplugin/capture/shim_trace.py,
+reads); ``decode_fields`` makes one an ``Event`` (a plain dataclass whose field names follow
+the event vocabulary of gdbplugin/model/events.py: kind, vcpu, pc, el, ipa, pa, size, access,
+esr, reg, old, new, op, va, plus ``rule`` and ``extra`` per kind).  With ``consume=True`` a
+poll also writes the ring's read index, so a ring in ``wait`` mode never fills and one in
+``halt`` mode halts only when we fall behind.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
 from ..target.errors import TargetError
 from ..target.physmem import SharedRam
 from .abi import (ACCESS, CMO_FLAGS, DIAGS, FAULT_FLAGS, FW_CFG_CONTROL, GUEST_CMO_OPS, HEADER_SIZE,
-                  IC_OPS, KINDS, MEMTYPES, PERMS, POLICIES, RECORD_FORMAT,
+                  IC_OPS, KINDS, MEMTYPES, PERMS, POLICIES, RECORD_DTYPE, RECORD_FORMAT,
                   RECORD_SIZE, RING_FULL, RING_HEADER, RING_MAGIC, RING_VERSION, RULES,
                   SET_WAY_OPS, STATS, SYSREGS, offset_of)
 
@@ -305,12 +305,13 @@ class RingReader:
                 int.from_bytes(hdr[_RECORDS:_RECORDS + 8], "little"),
                 int.from_bytes(hdr[_WRITE_INDEX:], "little"))
 
-    def poll(self, limit: int | None = None) -> list[Event]:
-        """Every new complete record (in order), up to ``limit``; the records are read in at
-        most two reads (the ring wraps), which matters when each read is a syscall or a gdb
-        round trip."""
+    def poll_fields(self, limit: int | None = None) -> list[tuple]:
+        """Every new complete record (in order), up to ``limit``, as its unpacked fields
+        (``RECORD_FORMAT`` order: seq, the ring index + 1, first).  The records are read in
+        at most two reads (the ring wraps), which matters when each read is a syscall or a
+        gdb round trip; a live capture converts these without building Events."""
         capacity, records, write = self._indices()
-        events = []
+        out = []
         if write - self.next > capacity:           # only possible if someone else consumed
             self.lost += write - self.next - capacity
             self.next = write - capacity
@@ -318,32 +319,20 @@ class RingReader:
         while want > 0:
             slot = self.next % capacity
             count = min(want, capacity - slot)
-            raw = self._read(records + slot * RECORD_SIZE, count * RECORD_SIZE)
-            for fields in RECORD_FORMAT.iter_unpack(raw):
-                if fields[0] != self.next + 1:
-                    want = 0                       # being written: next poll
-                    break
-                events.append(decode_fields(self.next, fields))
-                self.next += 1
-            else:
-                want -= count
-        if self.consume and events:
+            raw = np.frombuffer(self._read(records + slot * RECORD_SIZE, count * RECORD_SIZE),
+                                dtype=RECORD_DTYPE)
+            torn = np.flatnonzero(raw["seq"] != np.arange(self.next + 1, self.next + 1 + count,
+                                                          dtype=np.uint64))
+            complete = int(torn[0]) if len(torn) else count
+            out += raw[:complete].tolist()
+            self.next += complete
+            want = 0 if complete < count else want - count    # being written: next poll
+        if self.consume and out:
             try:
                 self.mem.write(self.header_pa + _READ_INDEX, self.next.to_bytes(8, "little"))
             except TargetError as exc:
                 raise RingError(str(exc)) from None
-        return events
-
-    def follow(self, done, interval: float = 0.01) -> Iterator[Event]:
-        """Yield events as they come until ``done()`` is true and the ring is drained."""
-        while True:
-            finished = done()
-            batch = self.poll()
-            yield from batch
-            if finished and not batch:
-                return
-            if not batch:
-                time.sleep(interval)
+        return out
 
     def close(self) -> None:
         self.mem.close()

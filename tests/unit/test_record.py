@@ -14,6 +14,7 @@ from gdbplugin.capture.shim_trace import ShimTrace, loaded_blobs
 from gdbplugin.model.engine import Replay
 from gdbplugin.model.trace import read_trace
 from gdbplugin.shim.ring import Event
+from ring_records import dicts as pairs_dicts, records
 
 RAM, END = 0x4000_0000, 0x5F00_0000
 KERNEL = 0x4040_0000
@@ -29,6 +30,11 @@ def header(flags=0, rom=((0, 0x400_0000),), cpu=None):
 
 def ev(seq, kind, vcpu=0, **kw):
     return Event(seq=seq, kind=kind, vcpu=vcpu, el=kw.pop("el", 1), **kw)
+
+
+def feed(rec, events):
+    """``events`` as the shim's records, fed to ``rec``."""
+    return rec.feed(records(events))
 
 
 def dicts(chunk):
@@ -72,8 +78,8 @@ def test_recorder_writes_header_host_writes_and_ordered_events():
     buf = io.StringIO()
     rec = Recorder(buf, header(flags=PARAM_FLAGS.ids["track_writes"], cpu={"ctr_el0": 0x8444c004}), 1,
                    ROMS, "cortex-a72")
-    out = dicts(rec.feed(boot()[:5]))
-    out += dicts(rec.feed(boot()[5:]))
+    out = dicts(feed(rec, boot()[:5]))
+    out += dicts(feed(rec, boot()[5:]))
     out += dicts(rec.close())
     lines = [json.loads(x) for x in buf.getvalue().splitlines()]
     head = lines[0]
@@ -103,7 +109,7 @@ def test_recorder_writes_header_host_writes_and_ordered_events():
 def test_recorded_trace_replays(tmp_path):
     path = tmp_path / "t.jsonl"
     rec = Recorder(path, header(), 1, ROMS)
-    rec.feed(boot())
+    feed(rec, boot())
     rec.close()
     trace = read_trace(path)
     result = Replay(trace.header).run(trace)
@@ -115,26 +121,26 @@ def test_recorded_trace_replays(tmp_path):
 
 def test_recorder_needs_the_start_record_first():
     with pytest.raises(RecordError, match="shim's start record"):
-        Recorder(io.StringIO(), header(), 1).feed(boot()[1:])
+        feed(Recorder(io.StringIO(), header(), 1), boot()[1:])
 
 
 def test_nothing_written_before_the_start_record():
     buf = io.StringIO()
     rec = Recorder(buf, header(), 1)
-    assert rec.feed([]) is None and buf.getvalue() == "" and rec.header is None
+    assert feed(rec, []) is None and buf.getvalue() == "" and rec.header is None
 
 
 def test_blobs_are_clipped_to_guest_memory():
     conv = ShimTrace([(RAM, 0x1000)], 1, "kvm")
     blobs = loaded_blobs('addr=000000003ffff000 size=0x0000000000003000 mem=ram name="x"')
-    assert list(conv.host_writes(blobs)) == [{"kind": "host-write", "pa": RAM, "size": 0x1000,
+    assert pairs_dicts(conv.host_writes(blobs)) == [{"kind": "host-write", "pa": RAM, "size": 0x1000,
                                               "source": "load"}]
 
 
 def test_maintenance_outside_guest_memory_is_dropped():
     conv = ShimTrace([(RAM, 0x10000)], 1, "kvm")
-    out = list(conv.convert([ev(1, "dc", el=2, ipa=0x900_0000, pa=0x900_0000, size=4096,
-                                   op="civac", rule="kvm.clean-on-translation-fault")]))
+    out = pairs_dicts(conv.convert(records([ev(1, "dc", el=2, ipa=0x900_0000, pa=0x900_0000, size=4096,
+                                   op="civac", rule="kvm.clean-on-translation-fault")]), []))
     assert out == []
 
 
@@ -142,10 +148,10 @@ def test_written_lines_become_guest_writes():
     """A K_S2_WRITTEN mask of lines 0, 1 and 5 is two guest writes: 128 bytes and 64."""
     conv = ShimTrace([(RAM, 0x100000)], 1, "kvm")
     page = RAM + 0x3000
-    out = list(conv.convert([
+    out = pairs_dicts(conv.convert(records([
         ev(1, "s2-fault", access="write", ipa=page + 8, extra={"deferred": True}),
         ev(2, "s2-written", el=2, access="write", ipa=page, pa=page, size=4096,
-           extra={"lines": 0b100011})]))
+           extra={"lines": 0b100011})]), []))
     assert out[0]["deferred"] == 1
     assert [(e["kind"], e["pa"], e["size"]) for e in out[1:]] == [
         ("guest-access", page, 128), ("guest-access", page + 320, 64)]
@@ -158,7 +164,7 @@ def test_write_xor_execute_records_become_a_fetch_the_policy_never_sees():
     (KVM's world must not see an exec-on-demand grant there)."""
     conv = ShimTrace([(RAM, 0x100000)], 1, "kvm")
     page = RAM + 0x5000
-    out = list(conv.convert([
+    out = pairs_dicts(conv.convert(records([
         ev(1, "s2-fault", pc=0x1000, access="write", ipa=page + 0x48,
            extra={"deferred": True}),
         ev(2, "s2-perm", access="write", ipa=page, pa=page, size=4096,
@@ -169,7 +175,7 @@ def test_write_xor_execute_records_become_a_fetch_the_policy_never_sees():
            extra={"fetch": True, "fetch_ok": False, "insn_old": 0xD503201F,
                   "insn_new": 0xAA1E03E9}),
         ev(5, "s2-perm", access="exec", ipa=page, pa=page, size=4096,
-           extra={"memtype": "normal", "perms": "rx", "observer": True})]))
+           extra={"memtype": "normal", "perms": "rx", "observer": True})]), []))
     kinds = [e["kind"] for e in out]
     assert kinds == ["s2-fault", "s2-attr", "guest-access", "fetch"]
     assert (out[2]["pa"], out[2]["size"], out[2]["pc"]) == (page + 64, 64, 0x1000)
@@ -245,7 +251,7 @@ def test_cpu_model_alone_makes_a_cpu_key():
     """The -cpu name is kept in the header even when the ring read no cache registers."""
     buf = io.StringIO()
     rec = Recorder(buf, header(), 2, cpu_model="max")
-    rec.feed([start()])
+    feed(rec, [start()])
     head = json.loads(buf.getvalue().splitlines()[0])
     assert head["cpu"] == {"model": "max"} and head["vcpus"] == 2
     assert rec.header == head
@@ -256,7 +262,7 @@ def test_cpu_model_alone_makes_a_cpu_key():
 def test_no_cpu_model_no_cpu_key():
     """Without a -cpu name and without registers the header has no cpu key."""
     buf = io.StringIO()
-    Recorder(buf, header(), 1).feed([start()])
+    feed(Recorder(buf, header(), 1), [start()])
     assert "cpu" not in json.loads(buf.getvalue().splitlines()[0])
 
 
@@ -266,7 +272,7 @@ def test_mtree_places_region_blobs_as_host_writes():
     buf = io.StringIO()
     rec = Recorder(buf, header(), 1, 'virt.flash0 size=0x1000 name="QEMU_EFI.fd"\n',
                    info_mtree="  0000000000000000-0000000003ffffff (prio 0, romd): virt.flash0\n")
-    out = dicts(rec.feed([start()]))
+    out = dicts(feed(rec, [start()]))
     assert out == [{"seq": 0, "kind": "host-write", "pa": 0, "size": 0x1000, "source": "load"}]
 
 
@@ -275,8 +281,8 @@ def test_events_written_get_consecutive_seqs_and_are_counted():
     written counts every event written, host writes and held events included."""
     buf = io.StringIO()
     rec = Recorder(buf, header(), 1, ROMS)
-    out = dicts(rec.feed([start(), ev(1, "vcpu-start", pc=KERNEL)]))
-    out += dicts(rec.feed([ev(2, "s2-map", ipa=KERNEL, pa=KERNEL, size=4096,
+    out = dicts(feed(rec, [start(), ev(1, "vcpu-start", pc=KERNEL)]))
+    out += dicts(feed(rec, [ev(2, "s2-map", ipa=KERNEL, pa=KERNEL, size=4096,
                         extra={"memtype": "normal", "perms": "rw"})]))
     assert rec.written == len(out) == 4                 # 3 loads, vcpu-on; the map is held
     tail = dicts(rec.close())
@@ -291,16 +297,16 @@ def test_feed_after_the_start_converts_every_event_of_the_batch():
     their first event included."""
     buf = io.StringIO()
     rec = Recorder(buf, header(), 1)
-    assert dicts(rec.feed([start()])) == []
-    out = dicts(rec.feed([ev(1, "vcpu-start", pc=KERNEL), ev(2, "vcpu-start", pc=KERNEL + 4)]))
+    assert dicts(feed(rec, [start()])) == []
+    out = dicts(feed(rec, [ev(1, "vcpu-start", pc=KERNEL), ev(2, "vcpu-start", pc=KERNEL + 4)]))
     assert [(e["kind"], e["pc"]) for e in out] == [("vcpu-on", KERNEL), ("vcpu-on", KERNEL + 4)]
-    assert dicts(rec.feed([])) == []
+    assert dicts(feed(rec, [])) == []
 
 
 def test_recorder_names_the_first_record_when_it_is_not_the_start():
     """A ring read from the middle cannot be a trace: the error names the record found."""
     with pytest.raises(RecordError, match=r"starts with 'vcpu-start'"):
-        Recorder(io.StringIO(), header(), 1).feed([ev(1, "vcpu-start")])
+        feed(Recorder(io.StringIO(), header(), 1), [ev(1, "vcpu-start")])
 
 
 def test_close_without_a_start_writes_nothing_and_close_closes_a_path(tmp_path):
@@ -310,7 +316,7 @@ def test_close_without_a_start_writes_nothing_and_close_closes_a_path(tmp_path):
     assert rec.close() is None
     path = tmp_path / "t.jsonl"
     rec = Recorder(path, header(), 1)
-    rec.feed([start(), ev(1, "sysreg-write", reg="SCTLR_EL1", old=0, new=1)])
+    feed(rec, [start(), ev(1, "sysreg-write", reg="SCTLR_EL1", old=0, new=1)])
     rec.close()
     assert rec.writer._f is None
     trace = read_trace(path)
@@ -346,7 +352,7 @@ class FakeSession:
     def wait(self, until, timeout, sink):
         self.waited = (until, timeout)
         for b in self.batches:
-            sink(b)
+            sink(records(b))
         if self.fail:
             raise self.fail
         return self.why

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from gdbplugin.capture.shim_trace import ShimTrace, loaded_blobs
 from gdbplugin.shim.ring import Event
+from ring_records import dicts, records
 
 RAM = 0x4000_0000
 SIZE = 0x10_0000                 # 1 MiB of RAM in most tests
@@ -30,7 +31,12 @@ def conv(ram=((RAM, SIZE),), vcpus=1, policy="kvm", **header):
 
 def run(events, c=None):
     c = c or conv()
-    return list(c.convert(events)) + list(c.finish())
+    return convert(c, events) + dicts(c.finish())
+
+
+def convert(c, events):
+    """``events`` as the shim's records through ``c``, as trace-event dicts."""
+    return dicts(c.convert(records(events), []))
 
 
 def one(event, c=None):
@@ -83,7 +89,7 @@ def test_host_writes_are_clipped_to_each_memory_range():
     """A blob is a host write only where it lands in guest memory: one that spans flash, a
     hole and RAM becomes one host write per range it touches, none for the hole."""
     c = conv(ram=[(RAM, 0x2000), (0x1000, 0x1000)])
-    out = list(c.host_writes([(0x1800, RAM + 0x800 - 0x1800, "x")]))
+    out = dicts(c.host_writes([(0x1800, RAM + 0x800 - 0x1800, "x")]))
     assert out == [{"kind": "host-write", "pa": 0x1800, "size": 0x800, "source": "load"},
                    {"kind": "host-write", "pa": RAM, "size": 0x800, "source": "load"}]
 
@@ -94,7 +100,7 @@ def test_host_write_blob_inside_ram_and_blobs_touching_its_edges():
     c = conv(ram=[(RAM, 0x2000)])
     blobs = [(RAM - 0x1000, 0x1000, "below"), (RAM + 0x100, 0x200, "in"),
              (RAM + 0x2000, 0x1000, "above")]
-    assert list(c.host_writes(blobs)) == [
+    assert dicts(c.host_writes(blobs)) == [
         {"kind": "host-write", "pa": RAM + 0x100, "size": 0x200, "source": "load"}]
 
 
@@ -102,10 +108,9 @@ def test_host_write_blob_inside_ram_and_blobs_touching_its_edges():
 # Guest events, one by one
 
 def test_vcpu_start_is_vcpu_on_at_its_entry_pc():
-    """K_VCPU_START: the vCPU starts at pc; without a pc the optional field is left out."""
+    """K_VCPU_START: the vCPU starts at pc."""
     assert one(ev("vcpu-start", vcpu=1, pc=0x4008_0000), conv(vcpus=2)) == {
         "kind": "vcpu-on", "vcpu": 1, "pc": 0x4008_0000}
-    assert one(ev("vcpu-start", vcpu=0)) == {"kind": "vcpu-on", "vcpu": 0}
 
 
 def test_stage2_fault_keeps_access_syndrome_pc_and_el():
@@ -115,7 +120,8 @@ def test_stage2_fault_keeps_access_syndrome_pc_and_el():
         "kind": "s2-fault", "vcpu": 0, "ipa": RAM, "access": "exec", "esr": 0x8200_0006,
         "pc": 0x1234, "el": 0}
     assert one(ev("s2-fault", ipa=RAM + 8, access=None, extra={"deferred": False})) == {
-        "kind": "s2-fault", "vcpu": 0, "ipa": RAM + 8, "access": "read", "el": 1}
+        "kind": "s2-fault", "vcpu": 0, "ipa": RAM + 8, "access": "read", "esr": 0, "pc": 0,
+        "el": 1}
 
 
 def test_deferred_fault_is_flagged():
@@ -134,7 +140,7 @@ def test_fetch_fault_is_a_fetch_event():
     assert out == {"kind": "fetch", "vcpu": 0, "ipa": RAM + 0x40, "pc": RAM + 0x40, "el": 0,
                    "ok": 1, "old": 0xD503201F, "new": 0x14000001}
     out = one(ev("s2-fault", access="exec", ipa=RAM, extra={"fetch": True, "fetch_ok": False}))
-    assert out == {"kind": "fetch", "vcpu": 0, "ipa": RAM, "el": 1}
+    assert out == {"kind": "fetch", "vcpu": 0, "ipa": RAM, "pc": 0, "el": 1}
 
 
 def test_first_access_after_caches_off():
@@ -269,13 +275,13 @@ def test_map_is_held_until_its_vcpus_maintenance_is_emitted():
     on only after both: the map comes out after the maintenance, released by the vCPU's next
     record that is not maintenance."""
     c = conv()
-    out = list(c.convert([ev("s2-map", ipa=RAM, pa=RAM, size=PAGE,
+    out = convert(c, [ev("s2-map", ipa=RAM, pa=RAM, size=PAGE,
                              extra={"memtype": "normal", "perms": "rwx"}),
-                          ev("dc", el=2, pa=RAM, size=PAGE, rule="kvm.clean-on-translation-fault")]))
+                          ev("dc", el=2, pa=RAM, size=PAGE, rule="kvm.clean-on-translation-fault")])
     assert [e["kind"] for e in out] == ["hyp-maintenance"]
-    out = list(c.convert([ev("vcpu-start")]))
+    out = convert(c, [ev("vcpu-start")])
     assert [e["kind"] for e in out] == ["s2-map", "vcpu-on"]
-    assert list(c.finish()) == []
+    assert dicts(c.finish()) == []
 
 
 def test_sysreg_write_is_held_and_keeps_its_fields():
@@ -299,19 +305,19 @@ def test_other_vcpus_records_do_not_release_a_held_event():
     c = conv(vcpus=3)
     m2 = ev("s2-map", vcpu=2, ipa=RAM, pa=RAM, size=PAGE, extra={"perms": "rw"})
     m1 = ev("s2-map", vcpu=1, ipa=RAM + PAGE, pa=RAM + PAGE, size=PAGE, extra={"perms": "rw"})
-    out = list(c.convert([m2, m1, ev("vcpu-start", vcpu=0), ev("shim-start", vcpu=None, el=2)]))
-    assert out == [{"kind": "vcpu-on", "vcpu": 0}]
-    rest = list(c.finish())
+    out = convert(c, [m2, m1, ev("vcpu-start", vcpu=0), ev("shim-start", vcpu=None, el=2)])
+    assert out == [{"kind": "vcpu-on", "vcpu": 0, "pc": 0}]
+    rest = dicts(c.finish())
     assert [(e["kind"], e["vcpu"]) for e in rest] == [("s2-map", 1), ("s2-map", 2)]
-    assert list(c.finish()) == []                  # released once
+    assert dicts(c.finish()) == []                  # released once
 
 
 def test_vcpu_zero_releases_its_held_event():
     """vCPU 0 is a vCPU like any other (0 is not 'no vCPU'): its next record releases its
     held map before that record's own event."""
     c = conv()
-    out = list(c.convert([ev("s2-map", vcpu=0, ipa=RAM, pa=RAM, size=PAGE, extra={}),
-                          ev("s2-fault", vcpu=0, ipa=RAM + PAGE, access="read")]))
+    out = convert(c, [ev("s2-map", vcpu=0, ipa=RAM, pa=RAM, size=PAGE, extra={}),
+                          ev("s2-fault", vcpu=0, ipa=RAM + PAGE, access="read")])
     assert [e["kind"] for e in out] == ["s2-map", "s2-fault"]
 
 
@@ -376,12 +382,12 @@ def test_maintenance_must_lie_in_guest_memory():
     """hyp-maintenance is a RAM kind: a range outside guest memory, straddling its end, or
     with no PA is dropped; one ending exactly at the end is kept."""
     c = conv(ram=[(RAM, 0x2000)])
-    assert run([ev("dc", el=2, pa=RAM + 0x1000, size=0x2000, rule="r")], c) == []
-    assert run([ev("dc", el=2, pa=None, size=0x1000, rule="r")], c) == []
-    assert run([ev("ic", el=2, op="ivau", pa=RAM - 64, size=128, rule="r")], c) == []
-    out = run([ev("dc", el=2, pa=RAM + 0x1000, size=0x1000, rule="r")], c)
+    assert run([ev("dc", el=2, pa=RAM + 0x1000, size=0x2000, rule="kvm.flush-on-cache-toggle")], c) == []
+    assert run([ev("dc", el=2, pa=None, size=0x1000, rule="kvm.flush-on-cache-toggle")], c) == []
+    assert run([ev("ic", el=2, op="ivau", pa=RAM - 64, size=128, rule="kvm.flush-on-cache-toggle")], c) == []
+    out = run([ev("dc", el=2, pa=RAM + 0x1000, size=0x1000, rule="kvm.flush-on-cache-toggle")], c)
     assert [(e["pa"], e["size"]) for e in out] == [(RAM + 0x1000, 0x1000)]
-    out = run([ev("dc", el=2, pa=RAM, size=0x2000, rule="r")], c)
+    out = run([ev("dc", el=2, pa=RAM, size=0x2000, rule="kvm.flush-on-cache-toggle")], c)
     assert [(e["pa"], e["size"]) for e in out] == [(RAM, 0x2000)]
 
 
@@ -419,13 +425,13 @@ def test_maintenance_does_not_release_a_held_event():
     """Maintenance records are what a held event waits for: they must come out before it,
     whichever vCPU they name."""
     c = conv()
-    out = list(c.convert([ev("s2-map", vcpu=0, ipa=RAM, pa=RAM, size=PAGE, extra={}),
+    out = convert(c, [ev("s2-map", vcpu=0, ipa=RAM, pa=RAM, size=PAGE, extra={}),
                           ev("sysreg-write", reg="SCTLR_EL1", old=0, new=1),
-                          ev("dc", el=2, pa=RAM, size=64, rule="r"),
-                          ev("ic", el=2, op="ivau", pa=RAM, size=64, rule="r"),
-                          ev("flush-vm", el=2, size=PAGE, rule="r")]))
+                          ev("dc", el=2, pa=RAM, size=64, rule="kvm.flush-on-cache-toggle"),
+                          ev("ic", el=2, op="ivau", pa=RAM, size=64, rule="kvm.flush-on-cache-toggle"),
+                          ev("flush-vm", el=2, size=PAGE, rule="kvm.flush-on-cache-toggle")])
     assert [e["kind"] for e in out] == ["s2-map"] + ["hyp-maintenance"] * 3
-    assert [e["kind"] for e in c.finish()] == ["sysreg-write"]
+    assert [e["kind"] for e in dicts(c.finish())] == ["sysreg-write"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -465,11 +471,11 @@ def test_written_lines_are_runs_of_64_byte_lines():
 
 def test_written_whole_page_and_no_lines():
     """All 64 lines changed: one write of the whole page.  No line changed (or no mask):
-    nothing was written.  Without a PC the field is left out."""
+    nothing was written."""
     page = RAM
     out = run([ev("s2-written", el=2, pa=page, size=PAGE, extra={"lines": (1 << 64) - 1})])
     assert out == [{"kind": "guest-access", "vcpu": 0, "pa": page, "size": PAGE,
-                    "access": "write"}]
+                    "access": "write", "pc": 0}]
     assert run([ev("s2-written", el=2, pa=page, size=PAGE, extra={"lines": 0})]) == []
     assert run([ev("s2-written", el=2, pa=page, size=PAGE)]) == []
 
@@ -514,13 +520,13 @@ def test_guest_ic_ops():
                   size=64)) == {"kind": "ic-inval", "vcpu": 0, "op": "ivau", "pc": 0x8,
                                 "pa": RAM + 64, "size": 64}
     assert one(ev("guest-cmo", op="ic-ivau", va=0x9000, size=64)) == {
-        "kind": "ic-inval", "vcpu": 0, "op": "ivau"}
+        "kind": "ic-inval", "vcpu": 0, "op": "ivau", "pc": 0}
     assert one(ev("guest-cmo", op="ic-ivau", pa=0x1000, size=64)) == {
-        "kind": "ic-inval", "vcpu": 0, "op": "ivau"}
+        "kind": "ic-inval", "vcpu": 0, "op": "ivau", "pc": 0}
     assert one(ev("guest-cmo", pc=0x8, op="ic-iallu")) == {
         "kind": "ic-inval", "vcpu": 0, "op": "iallu", "pc": 0x8}
-    assert one(ev("guest-cmo", op="ic-ialluis", pa=RAM, size=64)) == {
-        "kind": "ic-inval", "vcpu": 0, "op": "ialluis"}
+    assert one(ev("guest-cmo", op="ic-ialluis")) == {
+        "kind": "ic-inval", "vcpu": 0, "op": "ialluis", "pc": 0}
 
 
 def test_unknown_guest_cmo_op_is_dropped():
