@@ -49,10 +49,14 @@ KIND = {k: np.uint8(c) for k, c in E.KIND_CODE.items()}
 # run's other line changes when none of those touched their lines earlier (``_line_sets``).
 # A Linux boot issues DC CVAU + IC IVAU per line of new code and relaxes a
 # leaf's permissions after each permission fault: one by one they cut it into ~3-event runs.
+# Writes of registers the model does not follow (TTBRs, TCR, ESR, CONTEXTIDR: most of what
+# TVM traps, ~1,500 of a Linux boot's context switches) are only recorded as transitions.
 BATCH_KINDS = np.array([E.KIND_CODE[k] for k in ("s2-fault", "s2-map", "cmo-va", "ic-inval",
                                                    "s2-attr", "hyp-maintenance", "tlbi",
-                                                   "guest-access")],
+                                                   "guest-access", "sysreg-write")],
                        dtype=np.uint8)
+# registers whose writes change what the model tracks (``Replay.sysreg_write``)
+FOLLOWED_REGS = np.array([E.REGS.index(r) for r in ("SCTLR_EL1", "HCR_EL2")], dtype=np.uint8)
 IN_BATCH = np.zeros(256, dtype=bool)
 IN_BATCH[BATCH_KINDS] = True
 # Events of a run applied whole before or after its page changes (``Replay._order``).
@@ -300,6 +304,7 @@ class Replay:
         in_batch &= ~((ev["kind"] == KIND["ic-inval"])
                       & ((ev["op"] != E.IC_OPS.index("ivau"))
                          | ((ev["present"] & E.OPTIONAL_BIT["pa"]) == 0)))
+        in_batch &= ~((ev["kind"] == KIND["sysreg-write"]) & np.isin(ev["reg"], FOLLOWED_REGS))
         return in_batch
 
     def _replay_held(self) -> None:
@@ -424,8 +429,7 @@ class Replay:
         elif kind == "vcpu-off":
             self.vcpus[int(e["vcpu"])].online = False
         elif kind == "sysreg-write":
-            reg = extras.get("reg") or E.REGS[e["reg"]]
-            self.sysreg_write(seq, e, reg)
+            self.sysreg_write(seq, e, self._transition(e, extras))
         elif kind == "s2-unmap":
             self.unmap(int(e["addr"]), int(e["size"]))
         elif kind == "s2-access":
@@ -629,11 +633,18 @@ class Replay:
                 pa_pages[sel] = p + (ipa_pages[sel] - f)
         return pa_pages
 
+    def _transition(self, e, extras: dict) -> str:
+        """Record a register write as a transition; the register's name."""
+        reg = extras.get("reg") or E.REGS[e["reg"]]
+        self.transitions.append({"vcpu": int(e["vcpu"]), "reg": reg, "old": int(e["old"]),
+                                 "new": int(e["new"]), "pc": _pc_el(e)[0],
+                                 "seq": int(e["seq"])})
+        return reg
+
     def sysreg_write(self, seq: int, e, reg: str) -> None:
+        """A write of a register the model follows (recorded as a transition already)."""
         v, old, new = int(e["vcpu"]), int(e["old"]), int(e["new"])
         pc, el = _pc_el(e)
-        self.transitions.append({"vcpu": v, "reg": reg, "old": old, "new": new, "pc": pc,
-                                 "seq": seq})
         vc = self.vcpus[v]
         if reg == "HCR_EL2":
             vc.hcr = new
@@ -863,6 +874,8 @@ class Replay:
             self.one(ev[split], extras.get(base + split, {}))
             return split + 1
         self.set_way_open.clear()
+        for i in np.flatnonzero(ev["kind"] == KIND["sysreg-write"]).tolist():
+            self._transition(ev[i], extras.get(base + i, {}))
         if sets.size:
             self._line_sets(ev[sets])
         if before.any():
@@ -951,7 +964,8 @@ class Replay:
                 continue
             mine = (ev["vcpu"] == v) & IS_VCPU_KIND[ev["kind"]] & (
                 (ev["kind"] != KIND["s2-map"]) | ((ev["present"] & E.OPTIONAL_BIT["vcpu"]) != 0))
-            waited = [KIND[k] for k in ("s2-fault", "s2-map", "cmo-va", "ic-inval", "tlbi")
+            waited = [KIND[k] for k in ("s2-fault", "s2-map", "cmo-va", "ic-inval", "tlbi",
+                                        "sysreg-write")
                       if all(DETECTORS[p].waits_through(k) for p in vc.pending)]
             if waited:
                 mine &= ~np.isin(ev["kind"], waited)
@@ -1110,13 +1124,22 @@ class Replay:
         read), and no later map of the run sets the page's execute permission again.  KVM
         relaxing a leaf's permissions at each write fault is this case."""
         who, page = state["who"], state["page"]
-        is_map = ev["kind"][who] == KIND["s2-map"]
-        out = np.zeros(attrs.size, dtype=bool)
-        for i, (a, p) in enumerate(zip(attrs.tolist(), pages.tolist())):
-            maps = who[is_map & (page == p)]
-            attr_types = ev["memattr"][state["attr_who"][state["attr_page"] == p]]
-            out[i] = not (maps > a).any() and \
-                bool((np.concatenate([ev["memattr"][maps], attr_types]) == self.memattr[p]).all())
+        is_map = (ev["kind"][who] == KIND["s2-map"]) & (page >= 0)
+        map_who, map_page = who[is_map], page[is_map]
+        attr_ram = state["attr_page"] >= 0
+        attr_who, attr_page = state["attr_who"][attr_ram], state["attr_page"][attr_ram]
+        # pages whose type some map or attribute change of the run differs from
+        retyped = np.concatenate([
+            map_page[ev["memattr"][map_who] != self.memattr[map_page]],
+            attr_page[ev["memattr"][attr_who] != self.memattr[attr_page]]])
+        out = ~np.isin(pages, retyped)
+        if map_page.size:                    # a map of the page after the change
+            order = np.lexsort((map_who, map_page))
+            mapped, last = map_page[order], map_who[order]
+            ends = np.append(np.flatnonzero(mapped[1:] != mapped[:-1]), mapped.size - 1)
+            mapped, last = mapped[ends], last[ends]          # each page's last map
+            k = np.minimum(np.searchsorted(mapped, pages), mapped.size - 1)
+            out &= ~((mapped[k] == pages) & (last[k] > attrs))
         return out
 
     def _apply_ordered(self, ev: np.ndarray, mask: np.ndarray, state: dict) -> None:

@@ -1,7 +1,7 @@
 """The replay oracle the hand-written engine tests share: a trace written and read back, then
 replayed four ways that must agree exactly -- vectorized (``Replay.run``), event by event
-(``max_batch=1``), with every guest write replayed alone through ``Replay.guest_access``
-(``LoneWrites``: the vectorized ``_line_sets`` checked against the plain one) and streamed in
+(``max_batch=1``), with every guest write and register write replayed alone (``LoneWrites``:
+the vectorized ``_line_sets`` and transitions checked against the plain ones) and streamed in
 chunks of three events (``Replay.feed``): findings, stats, transitions, every shadow bit and
 executability."""
 from __future__ import annotations
@@ -15,12 +15,14 @@ BASE, RAM = 0x4000_0000, 16 << 20
 
 
 class LoneWrites(Replay):
-    """A replay that takes every ``guest-access`` out of the vectorized runs (``one`` ->
-    ``guest_access``), as the engine did before guest writes were batched."""
+    """A replay that takes every guest write (``guest-access``) and register write out of the
+    vectorized runs (``one`` -> ``guest_access``, ``sysreg_write``), as the engine did before
+    those were batched."""
 
     @staticmethod
     def _batchable(ev):
-        return Replay._batchable(ev) & (ev["kind"] != KIND["guest-access"])
+        return Replay._batchable(ev) & (ev["kind"] != KIND["guest-access"]) & \
+            (ev["kind"] != KIND["sysreg-write"])
 
 
 def replay(tmp_path, events, vcpus=1, ram=None, **header):
