@@ -70,7 +70,10 @@ class Attached:
                         self.why_ended = "stopped"
                         break
                     except GdbTimeout:
-                        gdb.interrupt()
+                        if not _interrupted(gdb.interrupt()):
+                            live.pump()            # it stopped by itself meanwhile
+                            self.why_ended = "stopped"
+                            break
                     self.stops += 1
                     live.pump()
                     gdb.cont()
@@ -99,6 +102,12 @@ class Attached:
         except TargetError:
             pass
         return self.live.close()
+
+
+def _interrupted(stop) -> bool:
+    """Whether a stop is the one an interrupt asked for (QEMU's gdbstub reports SIGINT), not
+    one of the guest's own (a shutdown with ``-no-shutdown`` is SIGQUIT, a breakpoint)."""
+    return stop.reason == "signal-received" and stop.payload.get("signal-name") == "SIGINT"
 
 
 def _local_shim():

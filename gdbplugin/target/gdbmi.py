@@ -322,9 +322,14 @@ class GdbMI(Debugger):
         return self.wait_stopped(timeout)
 
     def interrupt(self, timeout: float | None = None) -> Stop:
-        """Stop a running target."""
-        self._events.clear()
-        self.command("-exec-interrupt")
+        """Stop a running target.  A stop that came first (a breakpoint, the guest shutting
+        down) is the stop returned: then nothing is interrupted (its ``reason`` tells)."""
+        self._pump(time.monotonic())
+        if not self._events:
+            try:
+                self.command("-exec-interrupt")
+            except GdbCommandError:
+                pass                 # gdb saw the target stop after our look: its record follows
         return self.wait_stopped(timeout)
 
     # -- lifetime -----------------------------------------------------------------------
