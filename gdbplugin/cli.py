@@ -365,6 +365,9 @@ def cmd_run(args) -> int:
             if panel:
                 panel.session = live
             q.monitor("cont")
+            if args.svg:
+                from .ui.timeline import Drawer
+                drawer = Drawer()     # imports matplotlib while the guest boots
             # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
             stop: list[int] = []
             previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
@@ -378,9 +381,6 @@ def cmd_run(args) -> int:
             ended = time.monotonic() - started
             if why == "marker":
                 s.pause()      # the run is over: the backlog gets the CPUs, not the guest
-            if args.svg:
-                from .ui.timeline import Drawer
-                drawer = Drawer()     # imports matplotlib on the other CPU meanwhile
             result = live.close()
             tail = s.console()[-4000:]
             halted = live.ring.header().halted if live.ring is not None else None
