@@ -202,6 +202,8 @@ def _reports(args, console, result, policy: str, header: dict, live=None, images
     if args.compare:
         out["compare"] = matrix(result)
         out["compare_cost"] = cost_rows(result)
+    if args.svg and drawer is not None:
+        drawer.start(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
     if args.json != "-" and (console.is_terminal or not sections.get("run")):
         (print_compare if args.compare else print_findings)(console, result, *(
             () if args.compare else (policy,)))
@@ -218,9 +220,11 @@ def _reports(args, console, result, policy: str, header: dict, live=None, images
         _write_json(args.sarif, sarif(out))
     if args.svg:
         from .ui.timeline import timeline_svg
-        draw = drawer.draw if drawer is not None else timeline_svg
         try:
-            draw(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
+            if drawer is not None:
+                drawer.finish()                  # drawn while the reports above were written
+            else:
+                timeline_svg(out, result.fault_seqs, int(header.get("vcpus", 1)), args.svg)
         except OSError as exc:
             raise UsageError(f"cannot write {args.svg}: {exc.strerror or exc}") from None
     return out
@@ -336,35 +340,38 @@ def cmd_run(args) -> int:
     import contextlib
     import signal
     import time
-    from .capture.live import LiveSession
     from .shim.launch import ShimSession
-    from .shim.ring import RingReader
     from .target.errors import TargetError
-    from .ui.live import LivePanel, WarningPrinter, dropped_line
 
     cfg = _session_config(args)
     images = _symbol_images(cfg.symbols, cfg.kernel, f"{cfg.path}: [guest] symbols")
     shim = _shim_image()
-    config = cfg.qemu_config(shim, paused=True)
+    # The guest starts at once: the ring keeps every record until the session drains it
+    # (512k records, more than a Linux boot), so the session's own set-up (imports, QEMU's
+    # monitor) overlaps the boot instead of delaying it.
+    config = cfg.qemu_config(shim, paused=False)
     trace = args.trace or "s2cache-run.jsonl"
-    console = _console()
     err = Console(stderr=True, highlight=False, soft_wrap=True)
-    panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
-                       cfg.timeout) if console.is_terminal and args.json != "-" else None)
-    view = panel or WarningPrinter(console)
     why, tail, result, live, halted, drawer = "", "", None, None, None, None
     started, ended = time.monotonic(), 0.0
     try:
-        with ShimSession(config, shim) as s, (panel or contextlib.nullcontext()):
+        with ShimSession(config, shim) as s, contextlib.ExitStack() as showing:
+            from .capture.live import LiveSession
+            from .shim.ring import RingReader
+            from .ui.live import LivePanel, WarningPrinter
+            console = _console()
+            panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
+                               cfg.timeout) if console.is_terminal and args.json != "-"
+                     else None)
             q = s.qemu
             live = LiveSession(
                 lambda: RingReader.from_file(q.ram_path, s.ram_base, consume=True),
                 vcpus=cfg.smp, trace=trace, policy=cfg.policy, drain="shared RAM file",
                 info_roms=q.monitor("info roms"), info_mtree=q.monitor("info mtree -f"),
-                cpu_model=cfg.cpu.split(",")[0], views=[view])
+                cpu_model=cfg.cpu.split(",")[0], views=[panel or WarningPrinter(console)])
             if panel:
                 panel.session = live
-            q.monitor("cont")
+                showing.enter_context(panel)
             if args.svg:
                 from .ui.timeline import Drawer
                 drawer = Drawer()     # imports matplotlib while the guest boots
@@ -410,6 +417,7 @@ def cmd_run(args) -> int:
         if drawer is not None:
             drawer.close()
     if live.dropped:
+        from .ui.live import dropped_line
         err.print(dropped_line(live.dropped))
     if failed:
         err.print(f"s2cache: {failed} (the report and trace hold what was seen)")

@@ -123,17 +123,38 @@ class Drawer:
     def draw(self, report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
              title: str = "s2cache timeline") -> None:
         """Draw (raising OSError when ``path`` cannot be written, as ``timeline_svg``)."""
+        self.start(report, fault_seqs, vcpus, path, title)
+        self.finish()
+
+    def start(self, report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
+              title: str = "s2cache timeline") -> None:
+        """Hand the helper the picture to draw and return: the caller writes its other
+        reports meanwhile, then ``finish`` waits for this one."""
         import pickle
-        args = (report, fault_seqs, vcpus, path, title)
+        self._args = (report, fault_seqs, vcpus, path, title)
+        if self._proc is None:
+            return
+        try:
+            self._proc.stdin.write(pickle.dumps(self._args))
+            self._proc.stdin.close()
+        except (OSError, ValueError):
+            self.close()                         # it died: ``finish`` draws here
+            return
+        self._proc.stdin = None                  # closed: communicate() only reads
+
+    def finish(self) -> None:
+        """The picture ``start`` asked for, drawn (here, should the helper have died);
+        OSError when its file cannot be written."""
+        import pickle
         try:
             if self._proc is None:
                 raise EOFError
-            answer, _ = self._proc.communicate(pickle.dumps(args), timeout=120)
+            answer, _ = self._proc.communicate(timeout=120)
             error = pickle.loads(answer)
         except (EOFError, OSError, ValueError, pickle.UnpicklingError,
                 subprocess.TimeoutExpired):
             self.close()                         # no helper, or it died: draw here
-            timeline_svg(*args)
+            timeline_svg(*self._args)
             return
         self.close()
         if error is not None:
