@@ -464,10 +464,21 @@ def _session_args(parser) -> None:
     parser.add_argument("--smp", type=int, help="vCPUs (default: the config's)")
 
 
+class _Version(argparse.Action):
+    """``--version``: the package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, help="show the version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from . import __version__
+        print(f"s2cache {__version__}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
     parser = _Parser(prog="s2cache", description="Find the cache-maintenance bugs QEMU hides.")
-    parser.add_argument("--version", action="version", version=f"s2cache {__version__}")
+    parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     walk = sub.add_parser("walk", help="walk translation tables in a raw memory image")
     walk.add_argument("--mem", required=True, help="raw memory image (e.g. QEMU pmemsave)")

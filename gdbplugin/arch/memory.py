@@ -10,9 +10,9 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from .errors import PhysMemError
 
-class PhysMemError(Exception):
-    """A physical address is not backed by this memory."""
+__all__ = ["PhysMemError", "PhysMemory", "ImageMemory", "read_tables_via_read"]
 
 
 class PhysMemory(ABC):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import struct
 
-import numpy as np
 from construct import Array, Bytes, Int8ul, Int16ul, Int32ul, Int64ul, Padding, Struct
 
 
@@ -48,8 +47,6 @@ RECORD = Struct(
 )
 RECORD_SIZE = RECORD.sizeof()
 RECORD_FORMAT = struct.Struct("<" + "".join(s.subcon.fmtstr[1:] for s in RECORD.subcons))
-# the same layout for numpy: a read of many records is checked and split in one step
-RECORD_DTYPE = np.dtype([(s.name, "<" + s.subcon.fmtstr[1:]) for s in RECORD.subcons])
 
 # struct ring_header: at symbol shim_ring (page-aligned), 4 KiB
 RING_HEADER = Struct(

@@ -21,7 +21,7 @@ import numpy as np
 from ..target.errors import TargetError
 from ..target.physmem import SharedRam
 from .abi import (ACCESS, CMO_FLAGS, DIAGS, FAULT_FLAGS, FW_CFG_CONTROL, GUEST_CMO_OPS, HEADER_SIZE,
-                  IC_OPS, KINDS, MEMTYPES, PERMS, POLICIES, RECORD_DTYPE, RECORD_FORMAT,
+                  IC_OPS, KINDS, MEMTYPES, PERMS, POLICIES, RECORD, RECORD_FORMAT,
                   RECORD_SIZE, RING_FULL, RING_HEADER, RING_MAGIC, RING_VERSION, RULES,
                   SET_WAY_OPS, STATS, SYSREGS, offset_of)
 
@@ -30,6 +30,8 @@ _READ_INDEX = offset_of(RING_HEADER, "read_index")
 _SHIM_BASE = offset_of(RING_HEADER, "shim_base")
 _CAPACITY = offset_of(RING_HEADER, "capacity")
 _RECORDS = offset_of(RING_HEADER, "records")
+# RECORD for numpy: a read of many records is checked and split in one step
+RECORD_DTYPE = np.dtype([(s.name, "<" + s.subcon.fmtstr[1:]) for s in RECORD.subcons])
 
 
 class RingError(Exception):

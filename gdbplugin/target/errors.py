@@ -5,7 +5,7 @@ only wants to report "the target failed" (exit code 3) catches that one class.
 """
 from __future__ import annotations
 
-from ..arch import memory
+from ..arch import errors as arch_errors
 
 
 class TargetError(Exception):
@@ -41,7 +41,7 @@ class RegisterError(TargetError):
     """The target exposes no register under any spelling of the architectural name."""
 
 
-class PhysMemError(TargetError, memory.PhysMemError):
+class PhysMemError(TargetError, arch_errors.PhysMemError):
     """A physical address is outside the memory a backend can read.
 
     Also a ``gdbplugin.arch.memory.PhysMemError``, so the walker treats it as an unbacked

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import construct as cs
 
-from ..arch.memory import ImageMemory
-from ..capture.sites import find_sites
-
 # arm64 Linux Image header (Documentation/arch/arm64/booting.rst).
 IMAGE_HEADER = cs.Struct(
     "code0" / cs.Int32ul, "code1" / cs.Int32ul, "text_offset" / cs.Int64ul,
@@ -55,7 +52,11 @@ class Image:
         self._addrs = [a for a, _ in self.symbols]
 
     def site_offsets(self) -> list[int]:
-        """Offsets of the image's MSR SCTLR_EL1 instructions."""
+        """Offsets of the image's MSR SCTLR_EL1 instructions (the decoder, and numpy with it,
+        imported here: ``s2cache run`` loads its symbols before QEMU starts, and names PCs
+        only after the run)."""
+        from ..arch.memory import ImageMemory
+        from ..capture.sites import find_sites
         sites = find_sites(ImageMemory(self.data, 0), [(0, len(self.data))])
         return [s.pa for s in sites.writes]
 
