@@ -375,6 +375,8 @@ def cmd_run(args) -> int:
             if args.svg:
                 from .ui.timeline import Drawer
                 drawer = Drawer()     # imports matplotlib while the guest boots
+            for image in images:
+                image.site_offsets()  # what naming PCs needs of the images, found meanwhile
             # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
             stop: list[int] = []
             previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))

@@ -46,19 +46,22 @@ class Image:
     symbols: list[tuple[int, str]]
     align: int
     _addrs: list[int] = field(default_factory=list, repr=False)
+    _sites: list[int] | None = field(default=None, repr=False)
 
     def __post_init__(self):
         self.symbols.sort()
         self._addrs = [a for a, _ in self.symbols]
 
     def site_offsets(self) -> list[int]:
-        """Offsets of the image's MSR SCTLR_EL1 instructions (the decoder, and numpy with it,
-        imported here: ``s2cache run`` loads its symbols before QEMU starts, and names PCs
-        only after the run)."""
-        from ..arch.memory import ImageMemory
-        from ..capture.sites import find_sites
-        sites = find_sites(ImageMemory(self.data, 0), [(0, len(self.data))])
-        return [s.pa for s in sites.writes]
+        """Offsets of the image's MSR SCTLR_EL1 instructions, found once (a scan of a Linux
+        Image takes ~0.1 s: ``s2cache run`` asks while the guest boots).  The decoder, and
+        numpy with it, is imported here: symbols are loaded before QEMU starts."""
+        if self._sites is None:
+            from ..arch.memory import ImageMemory
+            from ..capture.sites import find_sites
+            sites = find_sites(ImageMemory(self.data, 0), [(0, len(self.data))])
+            self._sites = [s.pa for s in sites.writes]
+        return self._sites
 
     def name_at(self, offset: int) -> str | None:
         """``symbol+0xoff`` of the byte at ``offset`` in the image."""
