@@ -182,6 +182,7 @@ def _serve() -> None:
     import signal
     import sys
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a terminal's Ctrl-C is the session's
+    os.nice(10)             # its imports must not take the CPU from the guest booting now
     _warm_up()
     data = sys.stdin.buffer.read()
     if not data:
