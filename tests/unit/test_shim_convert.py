@@ -545,3 +545,54 @@ def test_written_lines_at_the_end_of_guest_memory():
     out = run([ev("s2-written", el=2, pa=RAM, size=PAGE, extra={"lines": lines})],
               conv(ram=[(RAM, 63 * 64)]))
     assert out == []
+
+
+# ---------------------------------------------------------------------------------------------
+# Codes a record may hold that no name stands for (raw records: the test helper speaks names)
+
+def raw(kind, vcpu=0, access=0, op=0, flags=0, pc=0x40, esr=0, ipa=RAM, pa=RAM, size=PAGE,
+        va=0, seq=1):
+    """One record's unpacked fields (shim.h struct record, RECORD_FORMAT order)."""
+    from gdbplugin.shim.abi import KINDS
+    return (seq, KINDS.ids[kind], vcpu, 1, access, op, flags, pc, esr, ipa, pa, size, va)
+
+
+def test_codes_without_a_name_keep_their_number_or_their_default():
+    """An access code beyond none/read/write/exec is a read (as access none is); a register
+    number beyond the TVM list is kept as its number (an 'other' register, in the extras);
+    a rule number without a name is the maintenance's reason as its number; a guest CMO op
+    without a name is dropped and the records after it are still converted."""
+    c = conv()
+    out = dicts(c.convert([raw("s2-fault", access=7), raw("s2-access", access=9, seq=2),
+                           raw("guest-cmo", op=99, seq=3),
+                           raw("dc", flags=99, seq=4),
+                           raw("sysreg-write", op=77, ipa=1, pa=2, seq=5),
+                           raw("tlbi", seq=6)], []))
+    assert [(e["kind"], e.get("access")) for e in out[:2]] == [("s2-fault", "read"),
+                                                               ("s2-access", "read")]
+    assert (out[2]["kind"], out[2]["reason"]) == ("hyp-maintenance", "99")
+    assert out[3] == {"kind": "sysreg-write", "vcpu": 0, "reg": "77", "old": 1, "new": 2,
+                      "pc": 0x40, "el": 1}
+    assert [e["kind"] for e in out] == ["s2-fault", "s2-access", "hyp-maintenance",
+                                        "sysreg-write", "tlbi"]
+
+
+def test_a_set_way_op_without_a_name_is_refused():
+    """The trace's set-way op is an enum: a number the shim never writes is an error (one
+    line naming the field), not an event the model would misread."""
+    import pytest
+    from gdbplugin.model.trace import TraceError
+    with pytest.raises(TraceError, match='set-way: field "op" cannot be "5"'):
+        conv().convert([raw("set-way", op=5)], [])
+
+
+def test_records_of_no_vcpu_wait_for_nothing():
+    """A map the shim made for no vCPU (vcpu 0xFF) is released at once, and the events
+    before it are kept; its maintenance names no vCPU."""
+    c = conv()
+    out = dicts(c.convert([raw("vcpu-start", seq=1),
+                           raw("s2-map", vcpu=0xFF, flags=3, seq=2),
+                           raw("dc", vcpu=0xFF, flags=1, seq=3)], []))
+    assert [e["kind"] for e in out] == ["vcpu-on", "s2-map", "hyp-maintenance"]
+    assert "vcpu" not in out[1] and "vcpu" not in out[2]
+    assert dicts(c.finish()) == []
