@@ -346,16 +346,20 @@ def cmd_run(args) -> int:
     cfg = _session_config(args)
     images = _symbol_images(cfg.symbols, cfg.kernel, f"{cfg.path}: [guest] symbols")
     shim = _shim_image()
-    # The guest starts at once: the ring keeps every record until the session drains it
-    # (512k records, more than a Linux boot), so the session's own set-up (imports, QEMU's
-    # monitor) overlaps the boot instead of delaying it.
-    config = cfg.qemu_config(shim, paused=False)
+    # QEMU starts paused only for its monitor to be asked what it loaded (a scenario guest
+    # powers off within milliseconds of starting); then the guest runs while the session's
+    # own set-up (imports, the live view) goes on: the ring keeps every record until it is
+    # drained (512k records, more than a Linux boot).
+    config = cfg.qemu_config(shim, paused=True)
     trace = args.trace or "s2cache-run.jsonl"
     err = Console(stderr=True, highlight=False, soft_wrap=True)
     why, tail, result, live, halted, drawer = "", "", None, None, None, None
     started, ended = time.monotonic(), 0.0
     try:
         with ShimSession(config, shim) as s, contextlib.ExitStack() as showing:
+            q = s.qemu
+            roms, mtree = q.monitor("info roms"), q.monitor("info mtree -f")
+            q.monitor("cont")
             from .capture.live import LiveSession
             from .shim.ring import RingReader
             from .ui.live import LivePanel, WarningPrinter
@@ -363,11 +367,10 @@ def cmd_run(args) -> int:
             panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy {cfg.policy})",
                                cfg.timeout) if console.is_terminal and args.json != "-"
                      else None)
-            q = s.qemu
             live = LiveSession(
                 lambda: RingReader.from_file(q.ram_path, s.ram_base, consume=True),
                 vcpus=cfg.smp, trace=trace, policy=cfg.policy, drain="shared RAM file",
-                info_roms=q.monitor("info roms"), info_mtree=q.monitor("info mtree -f"),
+                info_roms=roms, info_mtree=mtree,
                 cpu_model=cfg.cpu.split(",")[0], views=[panel or WarningPrinter(console)])
             if panel:
                 panel.session = live
