@@ -100,12 +100,12 @@ class ShimTrace:
         put = out.append
         held, in_ram = self._held, self._in_ram
         for (_, kind, vcpu, el, access, op, flags, pc, esr, ipa, pa, size, va) in records:
+            if vcpu == _NO_VCPU:
+                vcpu = None
             if kind in _MAINTENANCE:
                 out += self._maintenance(kind, vcpu, op, flags, pa, size)
                 continue
-            if vcpu == _NO_VCPU:
-                vcpu = None
-            elif vcpu in held:
+            if vcpu in held:                  # never None: what has no vCPU is not held
                 out += held.pop(vcpu)
             if kind == K["guest-cmo"]:
                 what = _GUEST_CMO.get(op)
@@ -176,7 +176,6 @@ class ShimTrace:
 
     def _maintenance(self, kind, vcpu, op, flags, pa, size) -> list[tuple]:
         reason = RULES.get(flags, str(flags)) or "shim"
-        vcpu = None if vcpu == _NO_VCPU else vcpu
         if kind == K["flush-vm"]:
             return [_ROW["hyp-maintenance"]("clean-inval", first << PAGE_SHIFT,
                                             count << PAGE_SHIFT, None, reason)

@@ -446,19 +446,22 @@ def _row_encoder(kind: int, present: int):
     ``_dump(_row_dict(row, None))`` would write it (the rows that carry extras take that
     way)."""
     plan = _PLAN_BY_CODE[kind]
-    parts, args, env = [f'{{"seq":%d,"kind":{_dump(plan.kind)}'], ["r[0]"], {}
+
+    def text(s: str) -> str:                 # literal JSON text inside a %-format
+        return s.replace("%", "%%")
+
+    parts, args, env = ['{"seq":%d,"kind":' + text(_dump(plan.kind))], ["r[0]"], {}
     for name, mode, col, optional, bit, _, extra, names in plan.slots:
         if extra or (optional and not present & bit):
             continue
-        parts.append(f',{_dump(name)}:' + ("%d" if mode == _INT else "%s"))
+        parts.append("," + text(_dump(name)) + ":" + ("%d" if mode == _INT else "%s"))
         if mode == _INT:
             args.append(f"r[{col}]")
         else:
             env[f"n_{name}"] = (("false", "true") if mode == _BOOL
                                 else tuple(_dump(v) for v in names))
             args.append(f"n_{name}[r[{col}]]")
-    template = "".join(parts).replace("%", "%%").replace("%%d", "%d").replace("%%s", "%s")
-    env["T"] = template + "}"
+    env["T"] = "".join(parts) + "}"
     src = f"def encode(r):\n    return T % ({', '.join(args)},)\n"
     exec(compile(src, f"<row encoder {plan.kind}>", "exec"), env)
     return env["encode"]

@@ -100,7 +100,7 @@ def _matplotlib():
 class Drawer:
     """``timeline_svg`` in a helper process started ahead of time: ``s2cache run`` starts it
     with the guest, so that it imports matplotlib (~0.5 s of a CPU) while the guest boots,
-    and it draws when ``draw`` hands it the report.  A plain ``python -c`` child
+    and it draws when ``start`` (or ``draw``) hands it the report.  A plain ``python -c`` child
     with a pickle over its stdin and stdout, not multiprocessing: a spawned multiprocessing
     child re-imports the caller's main script, which for a script using s2cache as a library
     would start its session again.  Should the helper die or fail to start, ``draw`` draws
