@@ -14,8 +14,6 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from elftools.elf.elffile import ELFFile
-
 from ..target.qemu import Loader, QemuConfig
 from .abi import (KINDS, PARAM_FLAGS, PARAMS, PARAMS_MAGIC, PARAMS_VERSION, POLICIES, RING_FULL,
                   SNAP_BYTES)
@@ -45,7 +43,9 @@ def build(quiet: bool = True) -> None:
 
 @dataclass(frozen=True)
 class ShimImage:
-    """The built shim: the Image for ``-kernel``, the ELF for gdb, and its symbols."""
+    """The built shim: the Image for ``-kernel``, the ELF for gdb, and its symbols (from
+    ``shim.map``, the ELF's symbol table as ``nm`` printed it at build time: reading the ELF
+    with pyelftools cost ~40 ms of every launch)."""
 
     bin: Path
     elf: Path
@@ -55,14 +55,17 @@ class ShimImage:
     def load(cls, directory: Path = BUILD, build_first: bool = True) -> "ShimImage":
         if build_first:
             build()
-        elf, image = directory / "shim.elf", directory / "shim.bin"
-        if not elf.is_file() or not image.is_file():
-            raise ShimError(f"{directory} holds no shim.elf/shim.bin: run scripts/build-shim")
-        with elf.open("rb") as f:
-            symtab = ELFFile(f).get_section_by_name(".symtab")
-            symbols = {s.name: s["st_value"] for s in symtab.iter_symbols() if s.name}
+        elf, image, table = (directory / f"shim.{x}" for x in ("elf", "bin", "map"))
+        if not all(f.is_file() for f in (elf, image, table)):
+            raise ShimError(f"{directory} holds no shim.elf/shim.bin/shim.map: run "
+                            f"scripts/build-shim")
+        symbols = {}
+        for line in table.read_text(errors="replace").splitlines():
+            value, _, name = line.split(" ", 2) if line.count(" ") >= 2 else ("", "", "")
+            if value:       # nm prints undefined symbols without a value
+                symbols[name] = int(value, 16)
         if symbols.get("_start") != LINK_BASE:
-            raise ShimError(f"{elf}: _start is not at {LINK_BASE:#x}")
+            raise ShimError(f"{table}: _start is not at {LINK_BASE:#x}")
         return cls(image, elf, symbols)
 
     @property
@@ -241,11 +244,12 @@ class ShimSession:
     """
 
     def __init__(self, config: QemuConfig, shim: ShimImage | None = None, consume: bool = False,
-                 workdir: Path | None = None):
+                 workdir: Path | None = None, meanwhile=None):
         from ..target.qemu import Qemu
         self.shim = shim or ShimImage.load(build_first=False)
         self.qemu = Qemu(config, workdir=workdir)
         self.consume = consume
+        self._meanwhile = meanwhile             # Qemu.start's: work done while QEMU starts
         self.events: list = []
         self._ring = None
         self.ram_base: int | None = None
@@ -253,7 +257,7 @@ class ShimSession:
 
     def __enter__(self) -> "ShimSession":
         import time
-        self.qemu.start()
+        self.qemu.start(self._meanwhile)
         self.started = time.monotonic()
         self.ram_base = self.qemu.ram_base()
         return self

@@ -4,6 +4,7 @@ the trace a replay reads."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -24,9 +25,9 @@ SCENARIOS = ROOT / "build" / "shim" / "scenarios"
 BLOB = 0x4110_0000
 
 
-def s2cache(*argv, timeout=400):
+def s2cache(*argv, timeout=400, env=None):
     return subprocess.run([sys.executable, "-m", "gdbplugin.cli", *map(str, argv)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def unnamed(findings: list[dict]) -> list[dict]:
@@ -190,7 +191,9 @@ until = "SCENARIO-DONE"
     assert loc["logicalLocations"][0]["kind"] == "function"
 
 
-def test_bad_symbols_exit_2_before_anything_starts(tmp_path):
+def test_bad_symbols_exit_2_before_the_guest_runs(tmp_path):
+    """Symbols files are read while QEMU initialises, paused: a bad one ends QEMU before the
+    guest ran an instruction, exit 2, one line, and QEMU's work directory is gone."""
     cfg = tmp_path / "c.toml"
     junk = tmp_path / "junk.map"
     junk.write_text("nothing here\n")
@@ -201,9 +204,12 @@ symbols = ["{junk}"]
 [run]
 until = "x"
 """)
-    run = s2cache("run", cfg, timeout=60)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = s2cache("run", cfg, timeout=60, env=dict(os.environ, TMPDIR=str(scratch)))
     assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
     assert "[guest] symbols" in run.stderr and "no text symbols" in run.stderr
+    assert not any(scratch.iterdir())
 
 
 def test_ctrl_c_exits_130_with_the_report_so_far(images, shim, tmp_path):
