@@ -182,10 +182,12 @@ class Qemu:
         argv = self.argv()
         with open(self._stderr_path, "wb") as err:
             try:
-                # Its own session: a terminal's Ctrl-C reaches s2cache, which ends QEMU
-                # after writing what it saw, not QEMU first.
+                # Its own process group: a terminal's Ctrl-C reaches s2cache, which ends
+                # QEMU after writing what it saw, not QEMU first.  Not its own session:
+                # where the kernel shares the CPU session by session (autogroup), QEMU's
+                # threads would not be weighed against s2cache's by their nice values.
                 self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
-                                              stderr=err, start_new_session=True)
+                                              stderr=err, process_group=0)
             except OSError as exc:
                 raise QemuError(f"cannot run {argv[0]}: {exc.strerror or exc}") from None
         self._finalizer.detach()

@@ -137,7 +137,7 @@ class Drawer:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", "from gdbplugin.ui.timeline import _serve; _serve()"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                env=dict(os.environ, PYTHONPATH=path), start_new_session=True)
+                env=dict(os.environ, PYTHONPATH=path), process_group=0)
         except OSError:
             self._proc = None
 
@@ -203,7 +203,7 @@ def _serve() -> None:
     import signal
     import sys
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a terminal's Ctrl-C is the session's
-    os.nice(10)             # its imports must not take the CPU from the guest booting now
+    os.nice(19)             # its imports must not take the CPU from the guest booting now
     _warm_up()
     data = sys.stdin.buffer.read()
     if not data:
