@@ -392,14 +392,20 @@ def cmd_run(args) -> int:
                     drawer = Drawer()     # imports matplotlib while the guest boots
                 for image in images:
                     image.site_offsets()  # what naming PCs needs of the images, found meanwhile
-                return s.wait(cfg.until, cfg.timeout, interval=0.02, pump=live.pump,
-                              stop=lambda: bool(stop))
+                return s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
+                              pump=live.pump, stop=lambda: bool(stop) or live.behind())
 
             # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
             stop: list[int] = []
+            deadline = time.monotonic() + cfg.timeout
             previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
             try:
                 ended_by = _below_the_guest(watch_the_boot)
+                if ended_by == "stopped" and not stop:
+                    # Behind the guest at the lowest priority (its vCPUs leave no CPU
+                    # free): the rest is watched at the caller's own, or the ring fills.
+                    ended_by = s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
+                                      pump=live.pump, stop=lambda: bool(stop))
             finally:
                 signal.signal(signal.SIGINT, previous)
             why = {"match": "marker", "exit": "qemu-exited",
@@ -460,9 +466,10 @@ def _below_the_guest(work):
     replaying: ~0.75 of a CPU over a Linux boot) must not take the CPU from QEMU's vCPU
     threads, or the boot it measures gets slower (QEMU's vCPU thread waited 0.16 s on the
     run queue over a 4 s boot at equal priority, 0.02 s this way).  A thread, not the
-    process: the caller's own priority is left as it was (nice cannot be lowered back).
-    Returns what ``work`` returns, raises what it raises; signal handlers still run in the
-    caller's thread meanwhile."""
+    process: the caller's own priority is left as it was (nice cannot be lowered back), so
+    a ``work`` that falls behind can return and let the caller go on.  Returns what
+    ``work`` returns, raises what it raises; signal handlers still run in the caller's
+    thread meanwhile."""
     import os
     import threading
     out: dict = {}

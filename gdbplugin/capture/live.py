@@ -125,6 +125,12 @@ class LiveSession:
                 "uncovered": sum(1 for f in self.findings if f.kind not in INFO_KINDS),
                 "halted": ring.header().halted if ring else None}
 
+    def behind(self, fraction: float = 0.25) -> bool:
+        """The ring holds more than ``fraction`` of its capacity unread: this session is
+        falling behind the guest (it would halt, stall or drop when the ring is full)."""
+        ring = self._ring
+        return ring is not None and ring.backlog() > fraction
+
     # -- driving ------------------------------------------------------------------------
     def pump(self, look: bool = False) -> int:
         """Drain what the ring holds now; the number of ring records read.  ``look``: look

@@ -307,6 +307,12 @@ class RingReader:
                 int.from_bytes(hdr[_RECORDS:_RECORDS + 8], "little"),
                 int.from_bytes(hdr[_WRITE_INDEX:], "little"))
 
+    def backlog(self) -> float:
+        """Records written and not read yet, as a fraction of the ring's capacity: how
+        close a reader that falls behind is to the shim's ``ring_full`` action."""
+        capacity, _, write = self._indices()
+        return (write - self.next) / capacity if capacity else 0.0
+
     def poll_fields(self, limit: int | None = None) -> list[tuple]:
         """Every new complete record (in order), up to ``limit``, as its unpacked fields
         (``RECORD_FORMAT`` order: seq, the ring index + 1, first).  The records are read in

@@ -280,3 +280,47 @@ def test_run_says_when_qemu_exited_before_the_marker(shim, tmp_path):
     report = json.loads(out.read_text())
     assert report["run"]["ended"] == "qemu-exited"
     assert "SCENARIO-DONE" in report["run"]["console_tail"]
+
+
+def test_the_boot_is_watched_below_the_guest_and_at_full_priority_once_behind(
+        images, shim, tmp_path, monkeypatch):
+    """The session drains the ring from a thread at nice 19 (the caller's own priority
+    untouched); a session falling behind the guest (more than a quarter of the ring unread)
+    goes on at the caller's priority, and nothing is lost on the way: the report is the
+    trace's replay."""
+    import threading
+
+    from gdbplugin import cli
+    from gdbplugin.capture.live import LiveSession
+    from gdbplugin.shim.launch import ShimSession
+
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    seen, waits = [], []
+    pump, behind, wait = LiveSession.pump, LiveSession.behind, ShimSession.wait
+
+    def spy_pump(self, *a, **k):
+        got = pump(self, *a, **k)
+        if got:
+            seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return got
+
+    def spy_wait(self, *a, **k):
+        waits.append(threading.current_thread() is threading.main_thread())
+        return wait(self, *a, **k)
+
+    monkeypatch.setattr(LiveSession, "pump", spy_pump)
+    # "behind" as soon as the first records came: the rest of the boot is the caller's
+    monkeypatch.setattr(LiveSession, "behind", lambda self: bool(seen) or behind(self))
+    monkeypatch.setattr(ShimSession, "wait", spy_wait)
+    out, trace = tmp_path / "r.json", tmp_path / "t.jsonl"
+    code = cli.main(["run", str(ROOT / "qemu-configs" / "linux-shim.toml"), "--json", str(out),
+                     "--trace", str(trace)])
+    assert code in (0, 1)
+    assert waits == [False, True]             # the watch thread's, then the caller's
+    assert seen[0] == 19 and seen[-1] == mine and len(seen) >= 2, seen
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    report = json.loads(out.read_text())
+    assert report["run"]["ended"] == "marker"
+    t = read_trace(trace)
+    assert len(t.events) > 100_000          # the whole boot
+    assert unnamed(report["findings"]) == finding_dicts(Replay(t.header).run(t), "kvm")

@@ -1,7 +1,8 @@
 """Polling the shim's ring (gdbplugin/shim/ring.py ``RingReader.poll_fields``) from a RAM image
 built by hand: records come out in ring order across the wrap, a record still being written
 (its seq is not index + 1 yet) ends the poll and comes out at the next one, records overwritten
-before they were read are counted as lost, and ``consume`` writes the read index back.
+before they were read are counted as lost, ``consume`` writes the read index back, and
+``backlog`` says how full the ring is for its reader.
 """
 from __future__ import annotations
 
@@ -78,3 +79,13 @@ def test_limit_and_consume():
     assert int.from_bytes(ram.read(HEADER + offset_of(RING_HEADER, "read_index"), 8),
                           "little") == 2
     assert pcs(r.poll_fields(2)) == [0x102]
+
+
+def test_backlog_is_what_is_written_and_unread_over_the_capacity():
+    ram = ring(3)
+    r = RingReader(ram, BASE, len(ram.data), header_pa=HEADER)
+    assert r.backlog() == 3 / CAPACITY
+    r.poll_fields(2)
+    assert r.backlog() == 1 / CAPACITY
+    r.poll_fields()
+    assert r.backlog() == 0.0
