@@ -313,6 +313,12 @@ class Walker:
         table_bits = U64(D.field_mask(D.S1_TABLE, ("PXNTable", "UXNTable", "APTable"))
                          if stage1 and not r.hpd else 0)
         oa_limit = U64(1 << r.oa_bits) if r.oa_bits < 64 else None
+        if oa_limit is not None and r.root >= oa_limit:
+            # AArch64.S1Walk/S2Walk: OAOutOfRange(baseaddress) -> Fault_AddressSize, level 0
+            # whatever the start level (Arm ARM R_BFHQH); nothing below it is walked
+            self._error("address-size", f"root table {r.root:#x} is beyond the "
+                        f"{r.oa_bits}-bit output size", 0, lo | r.ia_fill, r.root)
+            return
 
         tpa = np.array([r.root], dtype=U64)
         tia = np.zeros(1, dtype=U64)

@@ -30,8 +30,7 @@ descriptions (D24) and its shared pseudocode (J1), never from running the code:
 Descriptors and register values are built here from those bit positions, not from the
 project's layout or builder modules.  Where a check is about the walker's own contract
 rather than the architecture (error names, the entry budget, cycle detection, run
-coalescing) the test says so.  Tests marked xfail(strict=True) are places where walker.py
-disagrees with the Arm ARM; each names the rule.
+coalescing) the test says so.
 """
 from __future__ import annotations
 
@@ -826,16 +825,13 @@ def test_input_address_out_of_range_is_a_translation_fault(make, ia):
         assert got.level == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A TTBR/VTTBR base address beyond the configured output size (TCR.IPS / VTCR_EL2.PS) is an "
-    "Address size fault at level 0 (Arm ARM R_BFHQH; pseudocode AArch64.S1Walk/AArch64.S2Walk: "
-    "OAOutOfRange(baseaddress) -> Fault_AddressSize, level 0); gdbplugin/arch/walker.py never "
-    "compares the root with the output size (Regime._finish, line 172; Walker.walk reads it at "
-    "line 315) and translates through it"))
 @pytest.mark.parametrize("stage", [1, 2])
 def test_base_address_beyond_output_size(stage):
     """The root table sits at 4 GiB with a 32-bit PA (PS=0b000) and holds a block at the start
-    level whose OA is below 4 GiB: only the base address is out of range."""
+    level whose OA is below 4 GiB: only the base address is out of range, an Address size
+    fault at level 0 whatever the start level (Arm ARM R_BFHQH; pseudocode
+    AArch64.S1Walk/AArch64.S2Walk: OAOutOfRange(baseaddress) -> Fault_AddressSize, level 0),
+    and a full walk reports it and maps nothing."""
     hi = 1 << 32
     if stage == 1:
         t = Tables(4, 1, 512, base=hi)
@@ -847,6 +843,10 @@ def test_base_address_beyond_output_size(stage):
         r = s2(4, 32, 0, 32, vttbr=hi)
     got = Walker(r, t.mem).translate((1 << 30 if stage == 1 else 1 << 21) + 0x10)
     assert outcome(got) == ("fault", "address-size", 0)
+    assert got.message == f"root table {hi:#x} is beyond the 32-bit output size"
+    w = Walker(r, t.mem)
+    assert w.mappings() == []
+    assert [(e.kind, e.level, e.table) for e in w.errors] == [("address-size", 0, hi)]
 
 
 # =============================================================================================
