@@ -125,9 +125,10 @@ class LiveSession:
                 "uncovered": sum(1 for f in self.findings if f.kind not in INFO_KINDS),
                 "halted": ring.header().halted if ring else None}
 
-    def behind(self, fraction: float = 0.25) -> bool:
+    def behind(self, fraction: float = 1 / 16) -> bool:
         """The ring holds more than ``fraction`` of its capacity unread: this session is
-        falling behind the guest (it would halt, stall or drop when the ring is full)."""
+        falling behind the guest (the live view lags by that many events, ~0.3 s of work for
+        the default ring, and the shim halts, stalls or drops when the ring is full)."""
         ring = self._ring
         return ring is not None and ring.backlog() > fraction
 

@@ -285,7 +285,7 @@ def test_run_says_when_qemu_exited_before_the_marker(shim, tmp_path):
 def test_the_boot_is_watched_below_the_guest_and_at_full_priority_once_behind(
         images, shim, tmp_path, monkeypatch):
     """The session drains the ring from a thread at nice 19 (the caller's own priority
-    untouched); a session falling behind the guest (more than a quarter of the ring unread)
+    untouched); a session falling behind the guest (more than 1/16 of the ring unread)
     goes on at the caller's priority, and nothing is lost on the way: the report is the
     trace's replay."""
     import threading
