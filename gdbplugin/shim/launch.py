@@ -61,9 +61,9 @@ class ShimImage:
                             f"scripts/build-shim")
         symbols = {}
         for line in table.read_text(errors="replace").splitlines():
-            value, _, name = line.split(" ", 2) if line.count(" ") >= 2 else ("", "", "")
-            if value:       # nm prints undefined symbols without a value
-                symbols[name] = int(value, 16)
+            parts = line.split()
+            if len(parts) == 3:     # value type name (an undefined symbol has no value)
+                symbols[parts[2]] = int(parts[0], 16)
         if symbols.get("_start") != LINK_BASE:
             raise ShimError(f"{table}: _start is not at {LINK_BASE:#x}")
         return cls(image, elf, symbols)
