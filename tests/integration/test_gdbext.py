@@ -44,6 +44,18 @@ def boot_in_gdb(shim, images, tmp_path, policy: str, commands_after: list[str],
     return in_gdb(shim, config, tmp_path, policy, commands_after, before, until, timeout)
 
 
+def keep_stopped(monitor) -> str:
+    """HMP `stop` if the VM runs; QEMU's status before it.  Called on every tick from the
+    moment the guest is to stop: a `stop` that lands while gdb holds the VM at a breakpoint
+    (runstate "paused (debug)") does nothing (QEMU's qmp_stop → vm_stop stops only a running
+    VM) and gdb's resume runs the guest on to no end -- with SCTLR_EL1 breakpoints after
+    /init, the VM spends a large part of its time in that state."""
+    status = monitor("info status")
+    if "running" in status:
+        monitor("stop")
+    return status
+
+
 def run_gdb(argv: list[str], out_path: Path, timeout: float, tick) -> str:
     """gdb-multiarch (``argv``) with its output in ``out_path``, ``tick()`` called every 0.2 s
     while it runs; its output, checked: no traceback, no crash, exit status 0."""
@@ -77,18 +89,16 @@ def in_gdb(shim, config, tmp_path, name: str, commands_after: list[str], before=
                 "source gdbplugin/gdbext.py", f"s2cache start --trace {trace}", *before,
                 "continue", *commands_after]
         argv = ["gdb-multiarch", "-batch", "-nx"] + [w for c in cmds for w in ("-ex", c)]
-        runs, ran = None, False
+        runs, ran, seen = None, False, False
 
         def tick():
-            nonlocal runs, ran, until
-            status = s.qemu.monitor("info status")
+            nonlocal runs, ran, seen
+            seen = seen or bool(until) and until in s.console()
+            status = keep_stopped(s.qemu.monitor) if seen else s.qemu.monitor("info status")
             running = "running" in status
             ran |= running
             if ran and runs is None and not running and "shutdown" not in status:
                 runs = s.stage2().mappings()      # gdb's continue ends here
-            elif until and until in s.console():
-                s.qemu.monitor("stop")
-                until = None
         text = run_gdb(argv, tmp_path / f"{name}.gdb.txt", timeout, tick)
         console = s.console()
     return text, trace, runs, console
@@ -204,11 +214,13 @@ def plain_gdb(config, cmds: list[str], tmp_path, name: str, until=None, timeout=
         argv = ["gdb-multiarch", "-batch", "-nx"] + \
             [w for c in cmds for w in ("-ex", c)] + argv_script
 
+        seen = False
+
         def tick():
-            nonlocal until
-            if until and until in q.serial_log.read_text(errors="replace"):
-                q.monitor("stop")
-                until = None
+            nonlocal seen
+            seen = seen or bool(until) and until in q.serial_log.read_text(errors="replace")
+            if seen:
+                keep_stopped(q.monitor)
         text = run_gdb(argv, tmp_path / f"{name}.gdb.txt", timeout, tick)
         console = q.serial_log.read_text(errors="replace")
     return text, console
