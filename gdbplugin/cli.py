@@ -344,6 +344,7 @@ def cmd_qemu_cmd(args) -> int:
 
 def cmd_run(args) -> int:
     import contextlib
+    import importlib
     import signal
     import time
     from .shim.launch import ShimSession
@@ -363,35 +364,45 @@ def cmd_run(args) -> int:
     why, tail, result, live, halted, drawer, console = "", "", None, None, None, None, None
     started, ended = time.monotonic(), 0.0
     try:
-        with ShimSession(config, shim, meanwhile=lambda: images.extend(_symbol_images(
-                cfg.symbols, cfg.kernel, f"{cfg.path}: [guest] symbols"))) as s, \
+        def while_qemu_starts():
+            """What needs no guest, done while QEMU initialises paused (~0.3 s before its
+            monitor answers, on one core): the symbols files read and scanned for what naming
+            PCs needs, the picture's helper started (its ~0.5 s of imports get the free core
+            before the guest takes one), the watch's modules imported.  Done in the watch, at
+            nice 19 behind the guest's vCPU, this put its first drain ~0.35 s after the guest
+            started, with a tenth of the ring unread and the watch soon off nice 19 (behind)."""
+            nonlocal drawer
+            images.extend(_symbol_images(cfg.symbols, cfg.kernel,
+                                         f"{cfg.path}: [guest] symbols"))
+            if args.svg:
+                from .ui.timeline import Drawer
+                drawer = Drawer()
+            for image in images:
+                image.site_offsets()
+            for module in (".capture.live", ".ui.live"):   # the watch's
+                importlib.import_module(module, __package__)
+
+        with ShimSession(config, shim, consume=True, meanwhile=while_qemu_starts) as s, \
                 contextlib.ExitStack() as showing:
             q = s.qemu
             roms, mtree = q.monitor("info roms"), q.monitor("info mtree -f")
             q.monitor("cont")
 
             def watch_the_boot() -> str:
-                nonlocal live, drawer, console
+                nonlocal live, console
                 from .capture.live import LiveSession
-                from .shim.ring import RingReader
                 from .ui.live import LivePanel, WarningPrinter
                 console = _console()
                 panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy "
                                    f"{cfg.policy})", cfg.timeout)
                          if console.is_terminal and args.json != "-" else None)
                 live = LiveSession(
-                    lambda: RingReader.from_file(q.ram_path, s.ram_base, consume=True),
-                    vcpus=cfg.smp, trace=trace, policy=cfg.policy, drain="shared RAM file",
-                    info_roms=roms, info_mtree=mtree,
+                    s.ring, vcpus=cfg.smp, trace=trace, policy=cfg.policy,
+                    drain="shared RAM file", info_roms=roms, info_mtree=mtree,
                     cpu_model=cfg.cpu.split(",")[0], views=[panel or WarningPrinter(console)])
                 if panel:
                     panel.session = live
                     showing.enter_context(panel)
-                if args.svg:
-                    from .ui.timeline import Drawer
-                    drawer = Drawer()     # imports matplotlib while the guest boots
-                for image in images:
-                    image.site_offsets()  # what naming PCs needs of the images, found meanwhile
                 return s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
                               pump=live.pump, stop=lambda: bool(stop) or live.behind())
 

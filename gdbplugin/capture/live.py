@@ -89,6 +89,7 @@ class LiveSession:
         self.dropped = 0                           # records the ring lost, as last counted
         self._next_try = 0.0
         self._flushed = time.monotonic()
+        self._closed, self._halted_at_close = False, None   # the ring may go with its QEMU
 
     # -- what views read ----------------------------------------------------------------
     @property
@@ -123,7 +124,8 @@ class LiveSession:
                 "pages_mapped": int(self.replay.mapped.sum()) if self.replay else 0,
                 "findings": len(self.findings),
                 "uncovered": sum(1 for f in self.findings if f.kind not in INFO_KINDS),
-                "halted": ring.header().halted if ring else None}
+                "halted": self._halted_at_close if self._closed
+                else ring.header().halted if ring else None}
 
     def behind(self, fraction: float = 1 / 16) -> bool:
         """The ring holds more than ``fraction`` of its capacity unread: this session is
@@ -198,6 +200,12 @@ class LiveSession:
                 pass
         except LiveError:
             pass                                   # what was read is still recorded below
+        self._closed = True
+        if self._ring is not None:
+            try:
+                self._halted_at_close = self._ring.header().halted
+            except RingError:
+                pass
         if self.recorder is not None:
             self._consume(self.recorder.close())
         if self.replay is None:

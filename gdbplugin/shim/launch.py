@@ -172,6 +172,42 @@ class ShimParams:
     def pack(self) -> bytes:
         return PARAMS.build(self.fields())
 
+    @classmethod
+    def unpack(cls, raw: bytes) -> "ShimParams":
+        """``pack``'s inverse: the params a packed block asks of the shim, ``hook_kinds`` in
+        the order of their codes (ShimError when ``raw`` is not a block this launcher
+        writes)."""
+        if len(raw) != PARAMS.sizeof():
+            raise ShimError(f"a params block is {PARAMS.sizeof()} bytes, not {len(raw)}")
+        c = PARAMS.parse(raw)
+        if c.magic != PARAMS_MAGIC or c.version != PARAMS_VERSION or \
+                c.policy not in POLICIES or c.ring_full not in RING_FULL:
+            raise ShimError("not a params block of this shim")
+        on = {name for bit, name in PARAM_FLAGS.items() if c.flags & bit}
+        return cls(policy=POLICIES[c.policy], entry=c.entry, blocks="blocks" in on,
+                   poweroff_on_fatal="poweroff" in on, quiet="quiet" in on,
+                   ring_records=c.ring_records, ring_full=RING_FULL[c.ring_full],
+                   observe=c.observe,
+                   hook_kinds=tuple(KINDS[k] for k in sorted(KINDS) if c.hook_mask >> k & 1),
+                   dtb=c.dtb, pool_size=c.pool_size, entry_x0=c.entry_x0,
+                   trap_cmo="trap_cmo" in on, track_writes="track_writes" in on,
+                   track_access="track_access" in on)
+
+    @classmethod
+    def loaded_by(cls, config: QemuConfig, params_addr: int) -> "ShimParams | None":
+        """The params block ``config``'s loaders write at ``params_addr`` (None: none, or
+        not all of it)."""
+        size = PARAMS.sizeof()
+        words = {ld.addr - params_addr: ld.data for ld in config.loaders
+                 if ld.data is not None and ld.data_len == 8 and ld.addr is not None
+                 and 0 <= ld.addr - params_addr < size}
+        if sorted(words) != list(range(0, size, 8)):
+            return None
+        try:
+            return cls.unpack(b"".join(words[o].to_bytes(8, "little") for o in range(0, size, 8)))
+        except ShimError:
+            return None
+
     def loaders(self, params_addr: int) -> list[Loader]:
         """One ``-device loader,data=`` per 64-bit word of the packed block."""
         raw = self.pack()
@@ -252,6 +288,8 @@ class ShimSession:
         self._meanwhile = meanwhile             # Qemu.start's: work done while QEMU starts
         self.events: list = []
         self._ring = None
+        self._next_search = 0.0                # see ring()
+        self._expected_header: int | None = None
         self.ram_base: int | None = None
         self.started = None
 
@@ -282,16 +320,42 @@ class ShimSession:
         except FileNotFoundError:
             return ""
 
+    RETRY_S = 0.05
+    SEARCH_AFTER_S = 1.0
+
     def ring(self):
-        """The RingReader, once the shim has set its ring up (None before)."""
+        """The RingReader, once the shim has set its ring up (None before).  It is looked for
+        where boot_main will put it for the params block and the RAM this config gives QEMU
+        (ShimImage.layout: one page read; the shim sets its ring up ~0.05 s after the guest
+        starts).  All of guest RAM is searched, a read of every page (~0.15 s for 512 MiB,
+        more than twice that at nice 19 during a boot), only when that cannot be foreseen or
+        the ring is not there SEARCH_AFTER_S after QEMU started; after a search that found
+        nothing, not again before twice as long as it took (at least RETRY_S)."""
+        import time
         from .ring import RingError, RingReader
-        if self._ring is None:
+        if self._ring is not None:
+            return self._ring
+        if self._expected_header is None:
+            params = ShimParams.loaded_by(self.qemu.config, self.shim.params_addr)
+            self._expected_header = (self.shim.layout(self.ram_base, self.qemu.ram_size,
+                                                      params).ring_header if params else 0)
+            if self._expected_header:
+                self._next_search = self.started + self.SEARCH_AFTER_S
+        candidates = [self._expected_header] if self._expected_header else []
+        started = time.monotonic()
+        if started >= self._next_search:
+            candidates.append(None)                # None: search all of RAM
+        for header_pa in candidates:
             try:
                 self._ring = RingReader.from_file(self.qemu.ram_path, self.ram_base,
-                                                  consume=self.consume)
+                                                  consume=self.consume, header_pa=header_pa)
+                return self._ring
             except RingError:
-                return None
-        return self._ring
+                pass
+        if candidates and candidates[-1] is None:
+            now = time.monotonic()
+            self._next_search = now + max(self.RETRY_S, 2 * (now - started))
+        return None
 
     def drain(self, sink=None) -> int:
         """Read every new ring record into ``events`` (and hand the batch, as the records'
