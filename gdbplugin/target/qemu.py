@@ -300,7 +300,7 @@ class Qemu:
     def _expect_prompt(self, what: str, timeout: float) -> str:
         try:
             self._mon.expect_exact(PROMPT, timeout=timeout)
-        except pexpect.EOF:
+        except (pexpect.EOF, OSError):     # OSError: reset by a QEMU exiting meanwhile
             self.check_alive()
             raise QemuError(f"the monitor closed while waiting for {what}") from None
         except pexpect.TIMEOUT:
