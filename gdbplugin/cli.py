@@ -344,7 +344,6 @@ def cmd_qemu_cmd(args) -> int:
 
 def cmd_run(args) -> int:
     import contextlib
-    import importlib
     import signal
     import time
     from .shim.launch import ShimSession
@@ -364,32 +363,18 @@ def cmd_run(args) -> int:
     why, tail, result, live, halted, drawer, console = "", "", None, None, None, None, None
     started, ended = time.monotonic(), 0.0
     try:
-        def while_qemu_starts():
-            """What needs no guest, done while QEMU initialises paused (~0.3 s before its
-            monitor answers, on one core): the symbols files read and scanned for what naming
-            PCs needs, the picture's helper started (its ~0.5 s of imports get the free core
-            before the guest takes one), the watch's modules imported.  Done in the watch, at
-            nice 19 behind the guest's vCPU, this put its first drain ~0.35 s after the guest
-            started, with a tenth of the ring unread and the watch soon off nice 19 (behind)."""
-            nonlocal drawer
+        def read_symbols():
             images.extend(_symbol_images(cfg.symbols, cfg.kernel,
                                          f"{cfg.path}: [guest] symbols"))
-            if args.svg:
-                from .ui.timeline import Drawer
-                drawer = Drawer()
-            for image in images:
-                image.site_offsets()
-            for module in (".capture.live", ".ui.live"):   # the watch's
-                importlib.import_module(module, __package__)
 
-        with ShimSession(config, shim, consume=True, meanwhile=while_qemu_starts) as s, \
+        with ShimSession(config, shim, consume=True, meanwhile=read_symbols) as s, \
                 contextlib.ExitStack() as showing:
             q = s.qemu
             roms, mtree = q.monitor("info roms"), q.monitor("info mtree -f")
             q.monitor("cont")
 
             def watch_the_boot() -> str:
-                nonlocal live, console
+                nonlocal live, drawer, console
                 from .capture.live import LiveSession
                 from .ui.live import LivePanel, WarningPrinter
                 console = _console()
@@ -398,11 +383,17 @@ def cmd_run(args) -> int:
                          if console.is_terminal and args.json != "-" else None)
                 live = LiveSession(
                     s.ring, vcpus=cfg.smp, trace=trace, policy=cfg.policy,
-                    drain="shared RAM file", info_roms=roms, info_mtree=mtree,
+                    drain="shared RAM file",
+                    info_roms=roms, info_mtree=mtree,
                     cpu_model=cfg.cpu.split(",")[0], views=[panel or WarningPrinter(console)])
                 if panel:
                     panel.session = live
                     showing.enter_context(panel)
+                if args.svg:
+                    from .ui.timeline import Drawer
+                    drawer = Drawer()     # imports matplotlib while the guest boots
+                for image in images:
+                    image.site_offsets()  # what naming PCs needs of the images, found meanwhile
                 return s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
                               pump=live.pump, stop=lambda: bool(stop) or live.behind())
 
