@@ -57,8 +57,10 @@ FUZZ_TRACES = "600"           # the trace reader's fuzz test: 12,000 mutated tra
 # test files that import the module are added. mutmut runs, for each mutant, only those of
 # them that reach the mutated function.
 TESTS = [
+    # test_engine_rules.py: the detectors (hazards.py) and the policies act through the
+    # engine, and its rule tests are where each one's edge is pinned
     ("gdbplugin/model/", ["test_scenarios.py", "test_model_properties.py", "test_trace.py",
-                          "test_replay_cli.py", "test_fidelity.py"]),
+                          "test_replay_cli.py", "test_fidelity.py", "test_engine_rules.py"]),
     ("gdbplugin/arch/walker.py", ["test_walker_roundtrip.py", "test_walker_malformed.py",
                                   "test_arch_registers.py"]),
     ("gdbplugin/arch/memtype.py", ["test_arch_registers.py", "test_walker_roundtrip.py",
