@@ -29,7 +29,7 @@ from ..model.engine import Replay, Result
 from ..model import events as E
 from ..model.hazards import INFO_KINDS, Finding
 from ..model.policies import POLICIES
-from ..shim.ring import RingError, RingReader
+from ..shim.ring import RingError, RingReader, next_search
 from .record import EventRecorder, Recorder
 
 
@@ -62,7 +62,6 @@ class LiveSession:
     ``policy``: the active policy (default: the one the shim runs); ``drain``: how the ring is
     read, shown by ``status``; the rest is the Recorder's (QEMU's loads, the CPU model)."""
 
-    RETRY_S = 0.05
     BATCH = 2048           # ring records per pump: views hear from a busy ring often
     LATENCY_S = 0.25       # longest a finding waits in the replay's held run
 
@@ -221,16 +220,14 @@ class LiveSession:
     # -- inside -------------------------------------------------------------------------
     def _connect(self) -> RingReader | None:
         """The ring, once the shim has set it up.  Looking for it reads guest RAM from the top
-        down (all of it while it is not there yet), so a miss waits ``RETRY_S`` or twice the
-        time the miss took, whichever is longer."""
+        down (all of it while it is not there yet), so a miss waits as ``next_search``
+        says."""
         if self._ring is None and time.monotonic() >= self._next_try:
             started = time.monotonic()
             try:
                 self._ring = self._ring_source()
             except RingError:
-                # a miss read all of RAM: look again after twice as long as that took
-                now = time.monotonic()
-                self._next_try = now + max(self.RETRY_S, 2 * (now - started))
+                self._next_try = next_search(started, time.monotonic())
         return self._ring
 
     def _count_dropped(self, ring: RingReader) -> None:

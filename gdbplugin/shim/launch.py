@@ -288,6 +288,7 @@ class ShimSession:
         self._meanwhile = meanwhile             # Qemu.start's: work done while QEMU starts
         self.events: list = []
         self._ring = None
+        self._ram_map = None                   # the RAM file, mapped once for every look
         self._next_search = 0.0                # see ring()
         self._expected_header: int | None = None
         self.ram_base: int | None = None
@@ -305,8 +306,11 @@ class ShimSession:
 
     def close(self) -> None:
         if self._ring is not None:
-            self._ring.close()
+            self._ring.close()                 # and the mapping it reads
             self._ring = None
+        elif self._ram_map is not None:
+            self._ram_map.close()
+        self._ram_map = None
         self.qemu.close()
 
     @property
@@ -320,7 +324,6 @@ class ShimSession:
         except FileNotFoundError:
             return ""
 
-    RETRY_S = 0.05
     SEARCH_AFTER_S = 1.0
 
     def ring(self):
@@ -330,11 +333,19 @@ class ShimSession:
         starts).  All of guest RAM is searched, a read of every page (~0.15 s for 512 MiB,
         more than twice that at nice 19 during a boot), only when that cannot be foreseen or
         the ring is not there SEARCH_AFTER_S after QEMU started; after a search that found
-        nothing, not again before twice as long as it took (at least RETRY_S)."""
+        nothing, not again before ``ring.next_search`` says.  The RAM file is mapped once."""
         import time
-        from .ring import RingError, RingReader
+        from ..target.errors import TargetError
+        from ..target.physmem import SharedRam
+        from .ring import RingError, RingReader, next_search
         if self._ring is not None:
             return self._ring
+        if self._ram_map is None:
+            try:
+                self._ram_map = SharedRam(self.qemu.ram_path, self.ram_base,
+                                          writable=self.consume)
+            except TargetError:
+                return None                    # not there (yet): as a ring not set up
         if self._expected_header is None:
             params = ShimParams.loaded_by(self.qemu.config, self.shim.params_addr)
             self._expected_header = (self.shim.layout(self.ram_base, self.qemu.ram_size,
@@ -347,14 +358,13 @@ class ShimSession:
             candidates.append(None)                # None: search all of RAM
         for header_pa in candidates:
             try:
-                self._ring = RingReader.from_file(self.qemu.ram_path, self.ram_base,
-                                                  consume=self.consume, header_pa=header_pa)
+                self._ring = RingReader(self._ram_map, self.ram_base, self._ram_map.size,
+                                        consume=self.consume, header_pa=header_pa)
                 return self._ring
             except RingError:
                 pass
         if candidates and candidates[-1] is None:
-            now = time.monotonic()
-            self._next_search = now + max(self.RETRY_S, 2 * (now - started))
+            self._next_search = next_search(started, time.monotonic())
         return None
 
     def drain(self, sink=None) -> int:

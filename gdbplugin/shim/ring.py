@@ -34,6 +34,16 @@ _RECORDS = offset_of(RING_HEADER, "records")
 RECORD_DTYPE = np.dtype([(s.name, "<" + s.subcon.fmtstr[1:]) for s in RECORD.subcons])
 
 
+SEARCH_RETRY_S = 0.05
+
+
+def next_search(started: float, now: float) -> float:
+    """When to search guest RAM for the ring again after a search from ``started`` to ``now``
+    found nothing: twice as long as it took later, at least SEARCH_RETRY_S (a miss reads all
+    of RAM; looking before the shim has set its ring up costs at most a third of a CPU)."""
+    return now + max(SEARCH_RETRY_S, 2 * (now - started))
+
+
 class RingError(Exception):
     """No ring where one was expected, or a ring this decoder does not understand."""
 

@@ -66,7 +66,7 @@ def session(tmp_path, config: QemuConfig, started: float) -> ShimSession:
                              layout=lambda base, size, params: SimpleNamespace(
                                  ring_header=EXPECTED if params.ring_records > 64 else None))
     s.consume, s._ring, s.ram_base, s.started = False, None, BASE, started
-    s._next_search, s._expected_header = 0.0, None
+    s._next_search, s._expected_header, s._ram_map = 0.0, None, None
     return s
 
 
