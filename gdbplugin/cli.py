@@ -280,7 +280,7 @@ def cmd_attach(args) -> int:
         return EXIT_TARGET
     out = _reports(args, console, result, live.policy,
                    live.recorder.header if live.recorder else {}, live=live, images=images)
-    halted = live.ring.header().halted if live.ring else None
+    halted = live.ring.halted() if live.ring else None
     failed = [f"s2cache: the shim halted: {halted}"] if halted else []
     if why == "qemu-exited":
         failed.append(f"s2cache: QEMU went away ({'; '.join(session.notes)}); the trace holds "
@@ -417,7 +417,7 @@ def cmd_run(args) -> int:
                 s.pause()      # the run is over: the backlog gets the CPUs, not the guest
             result = live.close()
             tail = s.console()[-4000:]
-            halted = live.ring.header().halted if live.ring is not None else None
+            halted = live.ring.halted() if live.ring is not None else None
     except TargetError as exc:
         _err_console(highlight=False).print(f"s2cache: the target failed: {exc}")
         return EXIT_TARGET

@@ -85,7 +85,7 @@ class Attached:
                         break
                     time.sleep(interval)
                 ring = live.ring
-                if ring is not None and ring.header().halted:
+                if ring is not None and ring.halted():
                     self.why_ended = "halted"
                     break
         except (TargetError, LiveError) as exc:

@@ -124,7 +124,7 @@ class LiveSession:
                 "findings": len(self.findings),
                 "uncovered": sum(1 for f in self.findings if f.kind not in INFO_KINDS),
                 "halted": self._halted_at_close if self._closed
-                else ring.header().halted if ring else None}
+                else ring.halted() if ring else None}
 
     def behind(self, fraction: float = 1 / 16) -> bool:
         """The ring holds more than ``fraction`` of its capacity unread: this session is
@@ -202,7 +202,7 @@ class LiveSession:
         self._closed = True
         if self._ring is not None:
             try:
-                self._halted_at_close = self._ring.header().halted
+                self._halted_at_close = self._ring.halted()
             except RingError:
                 pass
         if self.recorder is not None:
@@ -234,7 +234,7 @@ class LiveSession:
         """Records the shim dropped (ring full) and records overwritten before we read them;
         views hear of the first loss."""
         try:
-            dropped = ring.header().overflow + ring.lost
+            dropped = ring.overflow() + ring.lost
         except RingError:
             return                                 # the ring vanished: pump says so next
         if dropped > self.dropped:

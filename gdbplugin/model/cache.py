@@ -34,6 +34,9 @@ CLEARS: dict[str, tuple[str, ...]] = {
 }
 
 
+_NO_PIECES = (np.zeros(0, dtype=np.int64),) * 4
+
+
 class RamMap:
     """Guest RAM ranges (base, size) laid out as one index space of pages."""
 
@@ -63,43 +66,46 @@ class RamMap:
         """Vectorized ``clip`` for many ranges: (range index, page, first line, last line)
         for every RAM page each range touches, in range order."""
         pa = np.asarray(pa, dtype=np.uint64)
+        if not pa.size:
+            return _NO_PIECES
         end = pa + np.maximum(np.asarray(size, dtype=np.uint64), np.uint64(1))
+        # The engine's ranges lie inside one RAM range each: one step for all of them.
+        slot = np.searchsorted(self.bases, pa, side="right") - 1
+        if slot.min() >= 0 and (end <= self.ends[slot]).all():
+            return self._expand(np.arange(pa.size), pa, end,
+                                self.first_page[slot] - self.base_pages[slot])
         out = []
         for (b, s_), fp in zip(self.ranges, self.first_page.tolist()):
             lo = np.maximum(pa, np.uint64(b))
             hi = np.minimum(end, np.uint64(b + s_))
             ok = np.flatnonzero(lo < hi)
-            if not ok.size:
-                continue
-            first = (lo[ok] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-            last = ((hi[ok] - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-            count = last - first + 1
-            if (count == 1).all():         # every range inside one page: no expansion
-                out.append((ok, first - (b >> PAGE_SHIFT) + fp,
-                            ((lo[ok] >> np.uint64(LINE_SHIFT)) & np.uint64(LINES_PER_PAGE - 1))
-                            .astype(np.int64),
-                            (((hi[ok] - np.uint64(1)) >> np.uint64(LINE_SHIFT))
-                             & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)))
-                continue
-            idx = np.repeat(ok, count)
-            step = np.arange(idx.size) - np.repeat(np.cumsum(count) - count, count)
-            page = np.repeat(first, count) + step
-            first_line = np.where(step == 0, np.repeat((lo[ok] >> np.uint64(LINE_SHIFT))
-                                  & np.uint64(LINES_PER_PAGE - 1), count), 0)
-            last_line = np.where(step == np.repeat(count - 1, count),
-                                 np.repeat(((hi[ok] - np.uint64(1)) >> np.uint64(LINE_SHIFT))
-                                           & np.uint64(LINES_PER_PAGE - 1), count),
-                                 LINES_PER_PAGE - 1)
-            out.append((idx, page - (b >> PAGE_SHIFT) + fp, first_line.astype(np.int64),
-                        last_line.astype(np.int64)))
+            if ok.size:
+                out.append(self._expand(ok, lo[ok], hi[ok], fp - (b >> PAGE_SHIFT)))
         if not out:
-            empty = np.zeros(0, dtype=np.int64)
-            return empty, empty, empty, empty
+            return _NO_PIECES
         if len(out) == 1:                  # one RAM range: already in range order
             return out[0]
         parts = [np.concatenate(x) for x in zip(*out)]
         order = np.argsort(parts[0], kind="stable")
         return tuple(x[order] for x in parts)
+
+    @staticmethod
+    def _expand(idx: np.ndarray, lo: np.ndarray, hi: np.ndarray, offset):
+        """``pieces`` of ranges [lo, hi) inside RAM (ranges ``idx``; ``offset``: global page
+        index minus PA page number, per range or for all)."""
+        first = (lo >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        last = ((hi - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
+        first_line = ((lo >> np.uint64(LINE_SHIFT)) & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)
+        last_line = (((hi - np.uint64(1)) >> np.uint64(LINE_SHIFT))
+                     & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)
+        count = last - first + 1
+        if (count == 1).all():             # every range inside one page: no expansion
+            return idx, first + offset, first_line, last_line
+        rep = np.repeat(np.arange(idx.size), count)
+        step = np.arange(rep.size) - np.repeat(np.cumsum(count) - count, count)
+        page = first[rep] + step + (offset[rep] if np.ndim(offset) else offset)
+        return (idx[rep], page, np.where(step == 0, first_line[rep], 0),
+                np.where(step == count[rep] - 1, last_line[rep], LINES_PER_PAGE - 1))
 
     def page_pa(self, index: int) -> int:
         slot = int(np.searchsorted(self.first_page, index, side="right") - 1)

@@ -404,7 +404,7 @@ class ShimSession:
                 why = "match"
                 break
             ring = self.ring()
-            if stop_on_halt and ring is not None and ring.header().halted:
+            if stop_on_halt and ring is not None and ring.halted():
                 why = "halted"
                 break
             if exited:

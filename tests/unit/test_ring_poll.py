@@ -2,11 +2,13 @@
 built by hand: records come out in ring order across the wrap, a record still being written
 (its seq is not index + 1 yet) ends the poll and comes out at the next one, records overwritten
 before they were read are counted as lost, ``consume`` writes the read index back, and
-``backlog`` says how full the ring is for its reader.
+``backlog`` says how full the ring is for its reader; ``halted`` and ``overflow``, read alone at
+each wait step, say what the whole parsed header says.
 """
 from __future__ import annotations
 
-from gdbplugin.shim.abi import RECORD_FORMAT, RECORD_SIZE, RING_HEADER, RING_MAGIC, offset_of
+from gdbplugin.shim.abi import (DIAGS, RECORD_FORMAT, RECORD_SIZE, RING_HEADER, RING_MAGIC,
+                                 RING_VERSION, offset_of)
 from gdbplugin.shim.ring import RingReader
 
 BASE = 0x4000_0000
@@ -89,3 +91,18 @@ def test_backlog_is_what_is_written_and_unread_over_the_capacity():
     assert r.backlog() == 1 / CAPACITY
     r.poll_fields()
     assert r.backlog() == 0.0
+
+
+def test_halted_and_overflow_read_alone_agree_with_the_whole_header():
+    ram = ring(3)
+    ram.write(HEADER + offset_of(RING_HEADER, "version"), RING_VERSION.to_bytes(4, "little"))
+    ram.write(HEADER + offset_of(RING_HEADER, "record_size"),
+              RECORD_SIZE.to_bytes(4, "little"))
+    r = RingReader(ram, BASE, len(ram.data), header_pa=HEADER)
+    assert r.halted() is None and r.overflow() == 0 and r.header().halted is None
+    ram.word("overflow", 17)
+    for code in (DIAGS.ids["ring-full"], 0x7F):            # a code this decoder has no name for
+        ram.write(HEADER + offset_of(RING_HEADER, "halted"), code.to_bytes(4, "little"))
+        h = r.header()
+        assert (r.halted(), r.overflow()) == (h.halted, h.overflow)
+        assert r.halted() == DIAGS.get(code, str(code)) and r.overflow() == 17
