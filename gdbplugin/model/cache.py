@@ -101,9 +101,9 @@ class RamMap:
         count = last - first + 1
         if (count == 1).all():             # every range inside one page: no expansion
             return idx, first + offset, first_line, last_line
-        rep = np.repeat(np.arange(idx.size), count)
-        step = np.arange(rep.size) - np.repeat(np.cumsum(count) - count, count)
-        page = first[rep] + step + (offset[rep] if np.ndim(offset) else offset)
+        rep, page = segments(first, count)
+        step = page - first[rep]
+        page += offset[rep] if np.ndim(offset) else offset
         return (idx[rep], page, np.where(step == 0, first_line[rep], 0),
                 np.where(step == count[rep] - 1, last_line[rep], LINES_PER_PAGE - 1))
 
@@ -126,6 +126,13 @@ class RamMap:
                         fp + (last >> PAGE_SHIFT) - base_page,
                         (last >> LINE_SHIFT) & (LINES_PER_PAGE - 1)))
         return out
+
+
+def segments(start: np.ndarray, count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Segments [start[i], start[i] + count[i]) laid end to end: for each position, its
+    segment i and its index start[i] + k."""
+    owner = np.repeat(np.arange(count.size), count)
+    return owner, start[owner] + (np.arange(owner.size) - (np.cumsum(count) - count)[owner])
 
 
 def line_masks(first_line: np.ndarray, last_line: np.ndarray) -> np.ndarray:

@@ -30,7 +30,7 @@ import numpy as np
 from ..arch.memtype import NORMAL_WB, effective
 from ..arch.sysregs import CTR_EL0, HCR_EL2, SCTLR_EL1
 from . import events as E
-from .cache import CLEARS, PAGE_SHIFT, STATES, RamMap, ShadowCache, line_masks
+from .cache import CLEARS, PAGE_SHIFT, STATES, RamMap, ShadowCache, line_masks, segments
 from .hazards import BY_TRIGGER, DETECTORS, INFO_KINDS, Detector, Finding, SmpMmuOffWindow, \
     UnobservedTransition
 from .policies import (CLEAN, CLEAN_INVAL, ICACHE_INVAL, INVAL, POLICIES, SCOPE_ALL,
@@ -596,16 +596,18 @@ class Replay:
     def attr(self, ipa: int, size: int, memattr: int, xn: int | None) -> None:
         span = E.pages(ipa, size)
         ipa_pages = np.arange(span.start, span.stop, dtype=np.int64)
-        self._set_attr(self._ram_pages(self._translate(ipa_pages)), memattr, xn)
+        pages = self._ram_pages(self._translate(ipa_pages))
+        self._set_attr(pages[pages >= 0], memattr, bool(xn))
 
-    def _set_attr(self, pages: np.ndarray, memattr: int, xn: int | None) -> None:
-        """Mapped leaves' attributes change (their RAM ``pages``, -1 outside RAM).  The
-        execute permission counts only in the observed world: a policy's world decides
-        executability by its own rule."""
-        pages = pages[pages >= 0]
+    def _set_attr(self, pages: np.ndarray, memattr, xn) -> None:
+        """Mapped leaves' attributes change: RAM ``pages`` (each once) get ``memattr`` and
+        execute-never ``xn`` (one for all, or one each).  The execute permission counts only
+        in the observed world: a policy's world decides executability by its own rule."""
         self.memattr[pages] = memattr
         if OBSERVED in self.worlds:
-            self.worlds[OBSERVED].executable[pages[self.mapped[pages]]] = not xn
+            mapped = self.mapped[pages]
+            self.worlds[OBSERVED].executable[pages[mapped]] = \
+                ~(xn[mapped] if np.ndim(xn) else np.bool_(xn))
 
     def _translate(self, ipa_pages: np.ndarray) -> np.ndarray:
         """PA page of each IPA page under the current leaves."""
@@ -911,15 +913,18 @@ class Replay:
         if clears.size:
             c_idx, c_page, c_lo, c_hi = self.ram.pieces(ev["pa"][clears],
                                                         _clear_sizes(ev[clears]))
-            near = np.isin(c_page, page)
-            if near.any():
-                c_who, c_page = clears[c_idx[near]], c_page[near]
-                c_mask = line_masks(c_lo[near], c_hi[near])
-                mask = line_masks(lo, hi)
-                for w, p, m in zip(who.tolist(), page.tolist(), mask.tolist()):
-                    earlier = (c_page == p) & (c_who < w)
-                    if earlier.any() and np.bitwise_or.reduce(c_mask[earlier]) & np.uint64(m):
-                        cuts.append(w)
+            # every (write piece, clear piece) pair on one page: a clear before the write
+            # that shares a line with it
+            by_page = np.argsort(c_page, kind="stable")
+            c_page = c_page[by_page]
+            start = np.searchsorted(c_page, page, side="left")
+            w_of, c_of = segments(start, np.searchsorted(c_page, page, side="right") - start)
+            if w_of.size:
+                c_of = by_page[c_of]
+                shared = line_masks(c_lo[c_of], c_hi[c_of]) & line_masks(lo[w_of], hi[w_of])
+                hit = (clears[c_idx[c_of]] < who[w_of]) & (shared != 0)
+                if hit.any():
+                    cuts.append(int(who[w_of[hit]].min()))
         return min(cuts) if cuts else None
 
     def _line_sets(self, ev: np.ndarray) -> None:
@@ -979,9 +984,8 @@ class Replay:
         first = (ev["addr"][attrs] >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         count = ((ev["addr"][attrs] + ev["size"][attrs] + np.uint64(PAGE - 1))
                  >> np.uint64(PAGE_SHIFT)).astype(np.int64) - first
-        who = np.repeat(attrs, count)
-        ipa_pages = np.repeat(first, count) + (np.arange(who.size) -
-                                               np.repeat(np.cumsum(count) - count, count))
+        owner, ipa_pages = segments(first, count)
+        who = attrs[owner]
         page = self._ram_pages(self._translate_in_run(ev, maps, who, ipa_pages))
         return who[page >= 0], page[page >= 0]
 
@@ -1039,10 +1043,12 @@ class Replay:
                 cuts += [max(int(fw[write & (fp == p)].min()),
                              int(fw[~write & (fp == p)].min()))
                          for p in np.intersect1d(fp[write], fp[~write]).tolist()]
-            for p in np.intersect1d(fp, mp).tolist():         # a map after a fault's effect
-                later = mw[(mp == p) & (mw > fw[fp == p].min())]
-                if later.size:
-                    cuts.append(int(later.min()))
+            first = self._page_first                 # RAM page -> its first fault effect
+            np.minimum.at(first, fp, fw)
+            later = mw[mw > first[mp]]                # a map after a fault's effect
+            first[fp] = NO_EVENT
+            if later.size:
+                cuts.append(int(later.min()))
         split = min(cuts) if cuts else None
         if not ordered.any():
             return before, split
@@ -1148,10 +1154,14 @@ class Replay:
         is_attr = ev["kind"] == KIND["s2-attr"]
         if (mask & ~is_attr).any():
             self._clears(ev[mask & ~is_attr])
-        for i in np.flatnonzero(mask & is_attr).tolist():
-            e = ev[i]
-            self._set_attr(state["attr_page"][state["attr_who"] == i], int(e["memattr"]),
-                           int(e["xn"]) if e["present"] & E.OPTIONAL_BIT["xn"] else None)
+        if (mask & is_attr).any():
+            mine = mask[state["attr_who"]]          # the pieces of these changes, in order
+            who, page = state["attr_who"][mine], state["attr_page"][mine]
+            # one after another: the last change of a page is what it keeps
+            _, last = np.unique(page[::-1], return_index=True)
+            who, page = who[::-1][last], page[::-1][last]
+            self._set_attr(page, ev["memattr"][who],
+                           ((ev["present"][who] & E.OPTIONAL_BIT["xn"]) != 0) & (ev["xn"][who] != 0))
 
     def _clears(self, ev: np.ndarray) -> None:
         """Guest DC by VA and IC IVAU (every world) and traced hypervisor maintenance (the
@@ -1278,8 +1288,7 @@ class Replay:
         npages = ((ev["addr"] + size + np.uint64(PAGE - 1)) >> np.uint64(PAGE_SHIFT)) \
             - (ev["addr"] >> np.uint64(PAGE_SHIFT))
         npages = npages.astype(np.int64)
-        rep = np.repeat(np.arange(len(ev)), npages)
-        offset = np.arange(rep.size) - np.repeat(np.cumsum(npages) - npages, npages)
+        rep, offset = segments(np.zeros(len(ev), dtype=np.int64), npages)
         ipa = (ev["addr"][rep] >> np.uint64(PAGE_SHIFT)) + offset.astype(np.uint64)
         pa = (ev["pa"][rep] >> np.uint64(PAGE_SHIFT)) + offset.astype(np.uint64)
         ident = ipa == pa
