@@ -362,104 +362,107 @@ def cmd_run(args) -> int:
     images: list = []
     why, tail, result, live, halted, drawer, console = "", "", None, None, None, None, None
     started, ended = time.monotonic(), 0.0
-    try:
-        def read_symbols():
-            images.extend(_symbol_images(cfg.symbols, cfg.kernel,
-                                         f"{cfg.path}: [guest] symbols"))
+    with contextlib.ExitStack() as running:     # QEMU, reaped once the reports are written
+        try:
+            def read_symbols():
+                images.extend(_symbol_images(cfg.symbols, cfg.kernel,
+                                             f"{cfg.path}: [guest] symbols"))
 
-        with ShimSession(config, shim, consume=True, meanwhile=read_symbols) as s, \
-                contextlib.ExitStack() as showing:
-            q = s.qemu
-            roms, mtree = q.monitor("info roms"), q.monitor("info mtree -f")
-            q.monitor("cont")
+            s = running.enter_context(ShimSession(config, shim, consume=True,
+                                                  meanwhile=read_symbols))
+            with contextlib.ExitStack() as showing:
+                q = s.qemu
+                roms, mtree = q.monitor("info roms"), q.monitor("info mtree -f")
+                q.monitor("cont")
 
-            def watch_the_boot() -> str:
-                nonlocal live, drawer, console
-                from .capture.live import LiveSession
-                from .ui.live import LivePanel, WarningPrinter
-                console = _console()
-                panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy "
-                                   f"{cfg.policy})", cfg.timeout)
-                         if console.is_terminal and args.json != "-" else None)
-                live = LiveSession(
-                    s.ring, vcpus=cfg.smp, trace=trace, policy=cfg.policy,
-                    drain="shared RAM file",
-                    info_roms=roms, info_mtree=mtree,
-                    cpu_model=cfg.cpu.split(",")[0], views=[panel or WarningPrinter(console)])
-                if panel:
-                    panel.session = live
-                    showing.enter_context(panel)
-                if args.svg:
-                    from .ui.timeline import Drawer
-                    drawer = Drawer()     # imports matplotlib while the guest boots
-                for image in images:
-                    image.site_offsets()  # what naming PCs needs of the images, found meanwhile
-                return s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
-                              pump=live.pump, stop=lambda: bool(stop) or live.behind())
+                def watch_the_boot() -> str:
+                    nonlocal live, drawer, console
+                    from .capture.live import LiveSession
+                    from .ui.live import LivePanel, WarningPrinter
+                    console = _console()
+                    panel = (LivePanel(console, f"s2cache run {cfg.path.name} (policy "
+                                       f"{cfg.policy})", cfg.timeout)
+                             if console.is_terminal and args.json != "-" else None)
+                    live = LiveSession(
+                        s.ring, vcpus=cfg.smp, trace=trace, policy=cfg.policy,
+                        drain="shared RAM file",
+                        info_roms=roms, info_mtree=mtree,
+                        cpu_model=cfg.cpu.split(",")[0], views=[panel or WarningPrinter(console)])
+                    if panel:
+                        panel.session = live
+                        showing.enter_context(panel)
+                    if args.svg:
+                        from .ui.timeline import Drawer
+                        drawer = Drawer()     # imports matplotlib while the guest boots
+                    for image in images:
+                        image.site_offsets()  # what naming PCs needs of the images, found meanwhile
+                    return s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
+                                  pump=live.pump, stop=lambda: bool(stop) or live.behind())
 
-            # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
-            stop: list[int] = []
-            deadline = time.monotonic() + cfg.timeout
-            previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
-            try:
-                ended_by = _below_the_guest(watch_the_boot)
-                if ended_by == "stopped" and not stop:
-                    # Behind the guest at the lowest priority (its vCPUs leave no CPU
-                    # free): the rest is watched at the caller's own, or the ring fills.
-                    ended_by = s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
-                                      pump=live.pump, stop=lambda: bool(stop))
-            finally:
-                signal.signal(signal.SIGINT, previous)
-            why = {"match": "marker", "exit": "qemu-exited",
-                   "stopped": "interrupted"}.get(ended_by, ended_by)
-            ended = time.monotonic() - started
-            if why == "marker":
-                s.pause()      # the run is over: the backlog gets the CPUs, not the guest
-            result = live.close()
-            tail = s.console()[-4000:]
-            halted = live.ring.halted() if live.ring is not None else None
-    except TargetError as exc:
-        _err_console(highlight=False).print(f"s2cache: the target failed: {exc}")
-        return EXIT_TARGET
-    finally:
-        if drawer is not None and result is None:
-            drawer.close()                  # nothing to draw
-    err = _err_console(highlight=False)
-    failed = {"qemu-exited": f"QEMU exited before the marker {cfg.until!r}",
-              "halted": f"the shim halted: {halted}",
-              "timeout": f"no {cfg.until!r} on the console within {cfg.timeout:g} s",
-              "interrupted": "interrupted"}.get(why)
-    if result is None:
-        failed = failed or "the shim's ring never appeared"
-        err.print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}")
-        return 130 if why == "interrupted" else EXIT_TARGET
-    header = live.recorder.header if live.recorder else {}
-    try:
-        out = _reports(args, console, result, live.policy, header, live=live, images=images,
-                       drawer=drawer, run={
-                           "config": str(cfg.path), "ended": why, "trace": str(trace),
-                           "seconds_to_end": round(ended, 3),
-                           "seconds_closed": round(time.monotonic() - started, 3),
-                           "console_tail": tail if failed else None})
-    finally:
-        if drawer is not None:
-            drawer.close()
-    if live.dropped:
-        from .ui.live import dropped_line
-        err.print(dropped_line(live.dropped))
-    if failed:
-        err.print(f"s2cache: {failed} (the report and trace hold what was seen)")
-        return 130 if why == "interrupted" else EXIT_TARGET
-    v = out["verdict"]
-    if args.json != "-":
-        err.print(f"s2cache: {cfg.path.name} under {live.policy}: {why} after {ended:.1f} s, "
-                  f"{live.stats.events:,} events, all judged after "
-                  f"{out['run']['seconds_closed']:.1f} s; "
-                  f"{v['failing']} finding(s) fail the run, {v['uncovered']} uncovered "
-                  f"({v['guest_own']} the guest's own){_written(args)}")
-    if live.dropped:
-        return EXIT_TARGET
-    return v["exit"]
+                # Ctrl-C is noted, not raised: a batch is never half drained, recorded, replayed.
+                stop: list[int] = []
+                deadline = time.monotonic() + cfg.timeout
+                previous = signal.signal(signal.SIGINT, lambda *_: stop.append(1))
+                try:
+                    ended_by = _below_the_guest(watch_the_boot)
+                    if ended_by == "stopped" and not stop:
+                        # Behind the guest at the lowest priority (its vCPUs leave no CPU
+                        # free): the rest is watched at the caller's own, or the ring fills.
+                        ended_by = s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
+                                          pump=live.pump, stop=lambda: bool(stop))
+                finally:
+                    signal.signal(signal.SIGINT, previous)
+                why = {"match": "marker", "exit": "qemu-exited",
+                       "stopped": "interrupted"}.get(ended_by, ended_by)
+                ended = time.monotonic() - started
+                if why == "marker":
+                    s.pause()      # the run is over: the backlog gets the CPUs, not the guest
+                result = live.close()
+                tail = s.console()[-4000:]
+                halted = live.ring.halted() if live.ring is not None else None
+            s.qemu.quit()        # its exit overlaps the reports; ``running`` reaps it after them
+        except TargetError as exc:
+            _err_console(highlight=False).print(f"s2cache: the target failed: {exc}")
+            return EXIT_TARGET
+        finally:
+            if drawer is not None and result is None:
+                drawer.close()                  # nothing to draw
+        err = _err_console(highlight=False)
+        failed = {"qemu-exited": f"QEMU exited before the marker {cfg.until!r}",
+                  "halted": f"the shim halted: {halted}",
+                  "timeout": f"no {cfg.until!r} on the console within {cfg.timeout:g} s",
+                  "interrupted": "interrupted"}.get(why)
+        if result is None:
+            failed = failed or "the shim's ring never appeared"
+            err.print(f"s2cache: {failed}; console tail:\n{tail[-1500:]}")
+            return 130 if why == "interrupted" else EXIT_TARGET
+        header = live.recorder.header if live.recorder else {}
+        try:
+            out = _reports(args, console, result, live.policy, header, live=live, images=images,
+                           drawer=drawer, run={
+                               "config": str(cfg.path), "ended": why, "trace": str(trace),
+                               "seconds_to_end": round(ended, 3),
+                               "seconds_closed": round(time.monotonic() - started, 3),
+                               "console_tail": tail if failed else None})
+        finally:
+            if drawer is not None:
+                drawer.close()
+        if live.dropped:
+            from .ui.live import dropped_line
+            err.print(dropped_line(live.dropped))
+        if failed:
+            err.print(f"s2cache: {failed} (the report and trace hold what was seen)")
+            return 130 if why == "interrupted" else EXIT_TARGET
+        v = out["verdict"]
+        if args.json != "-":
+            err.print(f"s2cache: {cfg.path.name} under {live.policy}: {why} after {ended:.1f} s, "
+                      f"{live.stats.events:,} events, all judged after "
+                      f"{out['run']['seconds_closed']:.1f} s; "
+                      f"{v['failing']} finding(s) fail the run, {v['uncovered']} uncovered "
+                      f"({v['guest_own']} the guest's own){_written(args)}")
+        if live.dropped:
+            return EXIT_TARGET
+        return v["exit"]
 
 
 def _below_the_guest(work):

@@ -95,7 +95,8 @@ class RamMap:
         index minus PA page number, per range or for all)."""
         first = (lo >> np.uint64(PAGE_SHIFT)).astype(np.int64)
         last = ((hi - np.uint64(1)) >> np.uint64(PAGE_SHIFT)).astype(np.int64)
-        first_line = ((lo >> np.uint64(LINE_SHIFT)) & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)
+        first_line = ((lo >> np.uint64(LINE_SHIFT))
+                      & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)
         last_line = (((hi - np.uint64(1)) >> np.uint64(LINE_SHIFT))
                      & np.uint64(LINES_PER_PAGE - 1)).astype(np.int64)
         count = last - first + 1

@@ -1160,8 +1160,8 @@ class Replay:
             # one after another: the last change of a page is what it keeps
             _, last = np.unique(page[::-1], return_index=True)
             who, page = who[::-1][last], page[::-1][last]
-            self._set_attr(page, ev["memattr"][who],
-                           ((ev["present"][who] & E.OPTIONAL_BIT["xn"]) != 0) & (ev["xn"][who] != 0))
+            xn = ((ev["present"][who] & E.OPTIONAL_BIT["xn"]) != 0) & (ev["xn"][who] != 0)
+            self._set_attr(page, ev["memattr"][who], xn)
 
     def _clears(self, ev: np.ndarray) -> None:
         """Guest DC by VA and IC IVAU (every world) and traced hypervisor maintenance (the
