@@ -4,9 +4,9 @@ Watched: ``s2cache run qemu-configs/linux-shim.toml`` with every report on (JSON
 SARIF, SVG, the trace) and its stdout not a terminal (no live panel), timed from the
 process's start to its exit: the wait a CI job sees, the drain, replay and reports included.
 The watched boot's own time to its marker is printed too.
-Unwatched: the same configuration's QEMU command line (``s2cache qemu-cmd``, without -S),
-nobody reading the shim's ring (it holds the whole boot), timed from launch to the marker on
-its console.  Pairs alternate which side goes first; prints every pair, both medians, the
+Unwatched: the same configuration's QEMU command line (``s2cache qemu-cmd``, without -S), its
+work directory (guest RAM) where ``s2cache run`` puts its own, nobody reading the shim's ring
+(it holds the whole boot), timed from launch to the marker on its console.  Pairs alternate which side goes first; prints every pair, both medians, the
 median ratio and its spread (target <= 1.10).
 """
 from __future__ import annotations
@@ -73,19 +73,24 @@ def main(argv=None) -> int:
         ap.error("--pairs must be at least 1")
     config = Path(args.config)
     from gdbplugin.target.config import ConfigError, load_config
+    from gdbplugin.target.qemu import parse_size, workdir_parent
     try:
-        marker = re.compile(load_config(config).until)
+        cfg = load_config(config)
     except ConfigError as exc:
         print(f"bench-overhead: {exc}", file=sys.stderr)
         return 2
+    marker = re.compile(cfg.until)
     print(f"bench-overhead: {config.name} under {args.policy}: `s2cache run` with every report "
           f"(process start to exit) vs the same QEMU command line unwatched (launch to "
           f"marker), {args.pairs} pairs alternated")
     ratios, times_w, times_u, to_marker = [], [], [], []
-    with tempfile.TemporaryDirectory() as d:
+    # The unwatched QEMU's files (its RAM above all) go where `s2cache run` puts its own
+    # (gdbplugin/target/qemu.py workdir_parent): a tmpfs when there is room.
+    with tempfile.TemporaryDirectory() as d, \
+            tempfile.TemporaryDirectory(dir=workdir_parent(parse_size(cfg.memory))) as q:
         work = Path(d)
         printed = subprocess.run(s2cache("qemu-cmd", config, "--policy", args.policy,
-                                         "--dir", work / "q"),
+                                         "--dir", q),
                                  cwd=ROOT, capture_output=True, text=True, check=True)
         qemu = [a for a in shlex.split(printed.stdout.strip()) if a != "-S"]
         for i in range(args.pairs):

@@ -3,11 +3,13 @@
 QEMU gets private sockets in a work directory: the gdbstub (unix socket, or a 127.0.0.1 TCP
 port), the HMP monitor (driven with pexpect) and optionally the serial console.  Guest RAM is a
 ``memory-backend-file`` with ``share=on``, so Python can mmap it and read guest memory live at
-memory speed instead of through gdb (a memory read through the gdbstub costs ~1 ms).
-Nothing listens beyond loopback.
+memory speed instead of through gdb (a memory read through the gdbstub costs ~1 ms); the work
+directory holding it goes on a tmpfs when there is room (``workdir_parent``).  Nothing listens
+beyond loopback.
 """
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -28,6 +30,26 @@ START_TIMEOUT_S = 10.0
 PROMPT = "(qemu) "
 RAM_ID = "s2cache.ram"          # memory-backend id; also the RAM region's name in `info mtree`
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+SHM = "/dev/shm"
+
+
+def workdir_parent(ram_size: int) -> str | None:
+    """Where a fresh work directory goes: the user's TMPDIR if set, else a tmpfs (/dev/shm)
+    with room for twice the guest's RAM, else the system's temporary folder (None).  Guest RAM
+    is a shared file, and on a disk-backed filesystem the kernel writes back the pages the
+    guest dirties while it runs: a Linux boot to its marker took 3.04 s with the file on the
+    disk, 2.75 s on /dev/shm (6 rounds each, alternated)."""
+    if os.environ.get("TMPDIR"):
+        return None
+    try:
+        st = os.statvfs(SHM)
+    except OSError:
+        return None
+    if st.f_bavail * st.f_frsize < 2 * ram_size or not os.access(SHM, os.W_OK | os.X_OK):
+        return None
+    return SHM
 
 
 def parse_size(size: int | str) -> int:
@@ -108,8 +130,8 @@ class QemuConfig:
 class Qemu:
     """A running QEMU.  ``start()`` (or ``with``) launches it; ``close()`` always reaps it.
 
-    ``workdir`` holds the sockets, logs and the RAM file (default: a fresh temporary directory,
-    deleted on close unless ``keep_workdir``); put it on a tmpfs for large guests.
+    ``workdir`` holds the sockets, logs and the RAM file (default: a fresh directory where
+    ``workdir_parent`` says, deleted on close unless ``keep_workdir``).
     """
 
     def __init__(self, config: QemuConfig, workdir: Path | None = None,
@@ -121,8 +143,9 @@ class Qemu:
         self.ram_size = parse_size(config.memory)
         if self.ram_size <= 0 or self.ram_size % (1 << 20):
             raise QemuError(f"memory must be a positive whole number of MiB, not {config.memory!r}")
-        self.workdir = Path(tempfile.mkdtemp(prefix="s2cache-qemu-")) if workdir is None \
-            else Path(workdir)
+        self.workdir = Path(tempfile.mkdtemp(prefix="s2cache-qemu-",
+                                             dir=workdir_parent(self.ram_size))) \
+            if workdir is None else Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ram_path = self.workdir / "ram"
         self.serial_log = self.workdir / "serial.log"
