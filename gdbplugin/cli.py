@@ -186,12 +186,12 @@ def cmd_replay(args) -> int:
 
 
 def _reports(args, console, result, policy: str, header: dict, live=None, images=(),
-             drawer=None, **sections) -> dict:
+             drawer=None, written=None, **sections) -> dict:
     """Every view of one result: the findings (or with --compare the policy matrix and the
     cost table) on the console unless the JSON goes to stdout, then the JSON, Markdown,
     SARIF and SVG reports asked for; PCs named from ``images`` (gdbplugin/target/symbols.py).
-    ``drawer``: a timeline Drawer started earlier (gdbplugin/ui/timeline.py).  Returns the
-    JSON report."""
+    ``drawer``: a timeline Drawer started earlier (gdbplugin/ui/timeline.py); ``written()``
+    is called once every report but the picture is written.  Returns the JSON report."""
     from .ui.report import cost_rows, matrix, print_compare, print_findings, report
     files, placed = {}, None
     if images:
@@ -224,6 +224,8 @@ def _reports(args, console, result, policy: str, header: dict, live=None, images
     if args.sarif:
         from .ui.sarif import sarif
         _write_json(args.sarif, sarif(out))
+    if written is not None:
+        written()
     if args.svg:
         from .ui.timeline import timeline_svg
         try:
@@ -393,7 +395,7 @@ def cmd_run(args) -> int:
                         showing.enter_context(panel)
                     if args.svg:
                         from .ui.timeline import Drawer
-                        drawer = Drawer()     # imports matplotlib while the guest boots
+                        drawer = Drawer(cfg.smp)   # imports matplotlib while the guest boots
                     for image in images:
                         image.site_offsets()  # what naming PCs needs of the images, found meanwhile
                     return s.wait(cfg.until, deadline - time.monotonic(), interval=0.02,
@@ -420,7 +422,8 @@ def cmd_run(args) -> int:
                 result = live.close()
                 tail = s.console()[-4000:]
                 halted = live.ring.halted() if live.ring is not None else None
-            s.qemu.quit()        # its exit overlaps the reports; ``running`` reaps it after them
+            if drawer is None:
+                s.release()      # QEMU's exit overlaps the reports; ``running`` reaps it
         except TargetError as exc:
             _err_console(highlight=False).print(f"s2cache: the target failed: {exc}")
             return EXIT_TARGET
@@ -438,8 +441,10 @@ def cmd_run(args) -> int:
             return 130 if why == "interrupted" else EXIT_TARGET
         header = live.recorder.header if live.recorder else {}
         try:
+            # With a picture to draw, QEMU goes once the other reports are written: its exit
+            # would otherwise take a CPU from the drawing, what the run's end waits for.
             out = _reports(args, console, result, live.policy, header, live=live, images=images,
-                           drawer=drawer, run={
+                           drawer=drawer, written=s.release, run={
                                "config": str(cfg.path), "ended": why, "trace": str(trace),
                                "seconds_to_end": round(ended, 3),
                                "seconds_closed": round(time.monotonic() - started, 3),

@@ -304,13 +304,20 @@ class ShimSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """The guest is done with (its ring drained, read): unmap its RAM and ask QEMU to
+        quit without waiting (``Qemu.quit``), so that its exit overlaps the caller's reports;
+        ``close`` reaps it."""
         if self._ring is not None:
             self._ring.close()                 # and the mapping it reads
             self._ring = None
         elif self._ram_map is not None:
             self._ram_map.close()
         self._ram_map = None
+        self.qemu.quit()
+
+    def close(self) -> None:
+        self.release()
         self.qemu.close()
 
     @property

@@ -26,18 +26,41 @@ MARGIN_LEFT, MARGIN_TOP, MARGIN_BOTTOM, LANE_GAP = 1.55, 0.78, 0.6, 0.52
 MARGIN_RIGHT, MARGIN_RIGHT_LEGEND = 0.25, 1.7
 
 
+def _frame(vcpus: int):
+    """(figure, axes): the parts of the picture no run changes, for ``vcpus`` lanes (the
+    Drawer's helper builds them while the guest boots, ~10 ms off a run's end)."""
+    _, Figure, _, FuncFormatter = _matplotlib()
+    fig = Figure(figsize=(14, 1.9 * vcpus + 2.2))
+    axes = fig.subplots(vcpus + 1, 1, sharex=True, squeeze=False,
+                        gridspec_kw={"height_ratios": [3] * vcpus + [2]})[:, 0]
+    for v in range(vcpus):
+        ax = axes[v]
+        for row, (_, _, colour) in enumerate(BITS):
+            ax.axhline(row + 0.5, color=colour, lw=0.6, alpha=0.5)        # the off state
+        ax.set_ylim(0, 3.9)
+        ax.set_yticks([0.5, 1.5, 2.5, 3.45], [b[1] for b in BITS] + ["hazards"])
+        ax.set_ylabel(f"vCPU {v}", rotation=0, ha="right", va="center", fontweight="bold")
+        ax.grid(axis="x", alpha=0.3)
+    ax = axes[-1]
+    ax.set_ylabel("stage-2 faults\nper 1k events", rotation=0, ha="right", va="center")
+    ax.set_xlabel(f"trace event (seq; linear to {LINEAR}, logarithmic after)")
+    ax.set_xscale("symlog", linthresh=LINEAR, linscale=1.0)
+    # plain "10k" labels: the default 10^n labels go through mathtext, a third of the time
+    # the whole picture took
+    ax.xaxis.set_major_formatter(FuncFormatter(_events_label))
+    return fig, axes
+
+
 def timeline_svg(report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
-                 title: str = "s2cache timeline") -> None:
-    matplotlib, Figure, Line2D, FuncFormatter = _matplotlib()
+                 title: str = "s2cache timeline", frame=None) -> None:
+    """Draw the timeline into ``path``; ``frame``: ``_frame(vcpus)`` built beforehand."""
+    matplotlib, _, Line2D, _ = _matplotlib()
 
     hazards = [f for f in report["findings"] if f["kind"] not in INFO_KINDS]
     end = max([int(fault_seqs.max()) if fault_seqs.size else 0]
               + [t.get("seq") or 0 for t in report["transitions"]]
               + [f["seq"] for f in hazards] + [1]) + 1
-    fig = Figure(figsize=(14, 1.9 * vcpus + 2.2))
-    axes = fig.subplots(vcpus + 1, 1, sharex=True, squeeze=False,
-                        gridspec_kw={"height_ratios": [3] * vcpus + [2]})
-    axes = axes[:, 0]
+    fig, axes = frame if frame is not None else _frame(vcpus)
     colours = matplotlib.colormaps["tab10"]
     kind_colour = {k: colours(i) for i, k in enumerate(k for k in DETECTORS
                                                        if k not in INFO_KINDS)}
@@ -47,7 +70,6 @@ def timeline_svg(report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
                  if t["vcpu"] == v and t["reg"] == "SCTLR_EL1" and t.get("seq") is not None]
         for row, (bit, label, colour) in enumerate(BITS):
             ax.broken_barh(_on_spans(trans, bit, end), (row + 0.15, 0.7), color=colour)
-            ax.axhline(row + 0.5, color=colour, lw=0.6, alpha=0.5)        # the off state
         changes = [t for t in trans if sctlr_flags(t["old"]) != sctlr_flags(t["new"])]
         for t in changes[:LABELLED_TRANSITIONS]:
             ax.axvline(t["seq"], color="grey", lw=0.5, ls=":")
@@ -65,21 +87,11 @@ def timeline_svg(report: dict, fault_seqs: np.ndarray, vcpus: int, path: str,
             c = kind_colour[f["kind"]]
             ax.plot(f["seq"], 3.45, marker="v", ms=8, color=c,
                     markerfacecolor="none" if f["covered"] else c, ls="none")
-        ax.set_ylim(0, 3.9)
-        ax.set_yticks([0.5, 1.5, 2.5, 3.45], [b[1] for b in BITS] + ["hazards"])
-        ax.set_ylabel(f"vCPU {v}", rotation=0, ha="right", va="center", fontweight="bold")
-        ax.grid(axis="x", alpha=0.3)
     ax = axes[-1]
     edges = np.unique(np.concatenate([np.linspace(0, min(LINEAR, end), 11),
                                       np.geomspace(LINEAR, max(end, LINEAR + 1), 120)]))
     counts, edges = np.histogram(fault_seqs, bins=edges)
     ax.stairs(1000 * counts / np.diff(edges), edges, fill=True, color="#bab0ac")
-    ax.set_ylabel("stage-2 faults\nper 1k events", rotation=0, ha="right", va="center")
-    ax.set_xlabel(f"trace event (seq; linear to {LINEAR}, logarithmic after)")
-    ax.set_xscale("symlog", linthresh=LINEAR, linscale=1.0)
-    # plain "10k" labels: the default 10^n labels go through mathtext, a third of the time
-    # the whole picture took
-    ax.xaxis.set_major_formatter(FuncFormatter(_events_label))
     ax.set_xlim(0, end)
     handles = [Line2D([], [], marker="v", ls="none", color=c, label=k)
                for k, c in kind_colour.items() if any(f["kind"] == k for f in hazards)]
@@ -127,15 +139,16 @@ class Drawer:
     would start its session again.  Should the helper die or fail to start, ``draw`` draws
     here instead: a picture is never lost to the optimisation."""
 
-    def __init__(self):
+    def __init__(self, vcpus: int | None = None):
         import os
         import sys
         from pathlib import Path
         here = str(Path(__file__).resolve().parents[2])       # the folder holding gdbplugin/
         path = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH")) if p)
+        serve = f"from gdbplugin.ui.timeline import _serve; _serve({int(vcpus or 0)})"
         try:
             self._proc = subprocess.Popen(
-                [sys.executable, "-c", "from gdbplugin.ui.timeline import _serve; _serve()"],
+                [sys.executable, "-c", serve],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 env=dict(os.environ, PYTHONPATH=path), process_group=0)
         except OSError:
@@ -196,8 +209,7 @@ def _idle() -> None:
     """This process runs only on a CPU nothing else wants (SCHED_IDLE; nice 19 where that
     is refused): at nice 19 its imports, on the core the session's drain and QEMU's main loop
     share during the boot's busiest second, still slowed a Linux boot by ~3% (A/B, 10 rounds:
-    3.13 s vs 3.04 s to the marker, 3.08 s unwatched).  At the run's end, the guest stopped,
-    the CPUs are free and it draws at full speed."""
+    3.13 s vs 3.04 s to the marker, 3.08 s unwatched)."""
     import os
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
@@ -205,12 +217,25 @@ def _idle() -> None:
         os.nice(19)
 
 
-def _serve() -> None:
-    """The helper's side of ``Drawer``: import matplotlib, then draw what stdin holds (a
-    pickled argument tuple; nothing: the session ended without a picture) and answer on
-    stdout (None, or why the file could not be written).  It ends with ``os._exit``: the
-    session waits for its exit, and tearing down an interpreter holding matplotlib and numpy
-    took ~0.1 s of the run's end."""
+def _unidle() -> None:
+    """Back to the normal policy to draw: the picture is then what the run's end waits for,
+    beside the session's other reports and QEMU's exit (idle, it drew in ~80 ms instead of
+    ~55).  Leaving SCHED_IDLE needs CAP_SYS_NICE (or an RLIMIT_NICE of 20): without it the
+    helper draws idle, on whatever CPU is left."""
+    import os
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (AttributeError, OSError):
+        pass
+
+
+def _serve(vcpus: int = 0) -> None:
+    """The helper's side of ``Drawer``: import matplotlib and build the frame of a picture of
+    ``vcpus`` lanes (0: not known yet), then draw what stdin holds (a pickled argument
+    tuple; nothing: the session ended without a picture) and answer on stdout (None, or why
+    the file could not be written).  It ends with ``os._exit``: the session waits for its
+    exit, and tearing down an interpreter holding matplotlib and numpy took ~0.1 s of the
+    run's end."""
     import os
     import pickle
     import signal
@@ -218,11 +243,14 @@ def _serve() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)     # a terminal's Ctrl-C is the session's
     _idle()                 # its imports must not take the CPU from the guest booting now
     _warm_up()
+    frame = _frame(vcpus) if vcpus else None
     data = sys.stdin.buffer.read()
     if not data:
         return
+    _unidle()
     try:
-        timeline_svg(*pickle.loads(data))
+        args = pickle.loads(data)
+        timeline_svg(*args, frame=frame if args[2] == vcpus else None)
         error = None
     except OSError as exc:
         error = exc.strerror or str(exc)

@@ -147,9 +147,9 @@ def _svg_text(path) -> list[str]:
 
 
 def test_the_timeline_helper_process_draws_what_drawing_here_draws(tmp_path):
-    """``s2cache run`` starts the timeline's helper process at the marker (matplotlib is
-    imported on the other CPU while the backlog drains): its picture has the same text as one
-    drawn in this process, axis labels in plain event counts; a path it cannot write is an
+    """``s2cache run`` starts the timeline's helper process with the guest (matplotlib is
+    imported while it boots, and the picture's frame built for the run's vCPUs): its picture has the same text as one drawn in this process, axis labels in
+    plain event counts; a path it cannot write is an
     OSError naming why; a helper that died is replaced by drawing here."""
     from gdbplugin.model.trace import read_trace
     from gdbplugin.model.engine import Replay
@@ -158,8 +158,11 @@ def test_the_timeline_helper_process_draws_what_drawing_here_draws(tmp_path):
     result = Replay(read_trace(SET_WAY).header).run(read_trace(SET_WAY))
     here, there = tmp_path / "here.svg", tmp_path / "there.svg"
     timeline_svg(report, result.fault_seqs, 1, str(here))
-    Drawer().draw(report, result.fault_seqs, 1, str(there))
+    Drawer(1).draw(report, result.fault_seqs, 1, str(there))     # on the frame built ahead
     assert _svg_text(there) == _svg_text(here)
+    other = tmp_path / "other.svg"
+    Drawer(2).draw(report, result.fault_seqs, 1, str(other))     # a frame for 2 lanes: unused
+    assert _svg_text(other) == _svg_text(here)
     assert "set-way-op" in _svg_text(there) and "0" in _svg_text(there)
     with pytest.raises(OSError, match="[Nn]o such file"):
         Drawer().draw(report, result.fault_seqs, 1, str(tmp_path / "missing" / "t.svg"))
