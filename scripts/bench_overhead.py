@@ -6,8 +6,9 @@ process's start to its exit: the wait a CI job sees, the drain, replay and repor
 The watched boot's own time to its marker is printed too.
 Unwatched: the same configuration's QEMU command line (``s2cache qemu-cmd``, without -S), its
 work directory (guest RAM) where ``s2cache run`` puts its own, nobody reading the shim's ring
-(it holds the whole boot), timed from launch to the marker on its console.  Pairs alternate which side goes first; prints every pair, both medians, the
-median ratio and its spread (target <= 1.10).
+(it holds the whole boot), timed from launch to the marker on its console.  Pairs alternate
+which side goes first; prints every pair, both medians, the median ratio and its spread
+(target <= 1.10).
 """
 from __future__ import annotations
 

@@ -46,6 +46,11 @@ def next_search(started: float, now: float) -> float:
     return now + max(SEARCH_RETRY_S, 2 * (now - started))
 
 
+def _diag_name(code: int) -> str | None:
+    """The header's ``halted`` word as a name (None: running)."""
+    return DIAGS.get(code, str(code)) if code else None
+
+
 class RingError(Exception):
     """No ring where one was expected, or a ring this decoder does not understand."""
 
@@ -220,7 +225,7 @@ class RingHeader:
         return cls(pa=pa, capacity=h.capacity, records=h.records, write_index=h.write_index,
                    read_index=h.read_index, overflow=h.overflow,
                    full_mode=RING_FULL.get(h.full_mode, str(h.full_mode)),
-                   halted=DIAGS.get(h.halted, str(h.halted)) if h.halted else None,
+                   halted=_diag_name(h.halted),
                    shim_base=h.shim_base, link_base=h.link_base, carve_base=h.carve_base,
                    carve_size=h.carve_size, ram_base=h.ram_base, ram_end=h.ram_end,
                    pool_base=h.pool_base, pool_size=h.pool_size, pool_used=h.pool_used,
@@ -322,8 +327,7 @@ class RingReader:
     def halted(self) -> str | None:
         """``header().halted`` in one small read: a session checks it at every wait step, and
         the whole header costs a construct parse (~0.6 ms)."""
-        code = int.from_bytes(self._read(self.header_pa + _HALTED, 4), "little")
-        return DIAGS.get(code, str(code)) if code else None
+        return _diag_name(int.from_bytes(self._read(self.header_pa + _HALTED, 4), "little"))
 
     def overflow(self) -> int:
         """``header().overflow`` in one small read: records the shim dropped, ring full."""
